@@ -17,10 +17,19 @@ Run the model tests with ``python -m pytest test_depnas.py``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
+
+logger = logging.getLogger("depnas")
 
 
 # ---------------------------------------------------------------------------
@@ -182,24 +191,38 @@ def arch_from_tokens(space: Space, tokens: tuple[int, ...] | list[int]) -> dict:
     tokens = list(tokens)
     for decision in space.head:
         key, stream = _head_value_key(decision)
-        value = decision.choices[tokens.pop(0)]
+        value = _take_choice(space, decision, tokens)
         if stream is None:
             arch[key] = value
         else:
             arch.setdefault(key, {})[stream] = value
 
-    depth = space.depth.choices[tokens.pop(0)]
+    depth = _take_choice(space, space.depth, tokens)
     blocks = []
     for _ in range(depth):
-        blocks.append({d.name: d.choices[tokens.pop(0)] for d in space.per_block})
+        blocks.append({d.name: _take_choice(space, d, tokens) for d in space.per_block})
     arch[space.block_key] = blocks
 
     for decision in space.tail:
-        arch[decision.name] = decision.choices[tokens.pop(0)]
+        arch[decision.name] = _take_choice(space, decision, tokens)
     if tokens:
         raise ArchitectureError(
             f"{space.name} space: {len(tokens)} tokens left over after a complete architecture")
     return arch
+
+
+def _take_choice(space: Space, decision: Decision, tokens: list[int]):
+    """Pop the next token from ``tokens`` and return the choice it indexes, or raise naming it."""
+    if not tokens:
+        raise ArchitectureError(
+            f"{space.name} space: token sequence ends before decision {decision.name!r}")
+    token = tokens.pop(0)
+    # A negative index would silently pick a choice from the end of the tuple.
+    if not 0 <= token < len(decision.choices):
+        raise ArchitectureError(
+            f"{space.name} space: token {token} for decision {decision.name!r} is out of range; "
+            f"expected 0..{len(decision.choices) - 1}")
+    return decision.choices[token]
 
 
 def _choice_index(space: Space, decision: Decision, value, where: str) -> int:
@@ -301,3 +324,684 @@ def format_arch(space: Space, arch: dict) -> str:
 def _lookup_head(arch: dict, decision: Decision):
     key, stream = _head_value_key(decision)
     return arch[key] if stream is None else arch[key][stream]
+
+
+# ---------------------------------------------------------------------------
+# Model architectures: streams plus an optional fusion part
+# ---------------------------------------------------------------------------
+
+# The canonical stream order of model identities, printing and fusion inputs.
+STREAM_ORDER = ("au", "gaze", "pose", "landmarks")
+
+
+def model_streams(arch: dict) -> tuple[str, ...]:
+    """Return the streams of a model architecture in the canonical order (au, gaze, pose, landmarks)."""
+    if not isinstance(arch, dict) or not isinstance(arch.get("streams"), dict):
+        raise ArchitectureError(
+            f"model architecture must be a dict with a 'streams' dict, got {arch!r}")
+    unknown = sorted(set(arch["streams"]) - set(STREAM_ORDER))
+    if unknown:
+        raise ArchitectureError(
+            f"model architecture: unknown streams {unknown}; expected some of {list(STREAM_ORDER)}")
+    return tuple(s for s in STREAM_ORDER if s in arch["streams"])
+
+
+def validate_model_arch(arch: dict, streams=None) -> None:
+    """Raise ArchitectureError naming the stream (or fusion) and the decision that does not fit.
+
+    A model architecture is ``{"streams": {stream: stream_arch}}`` with exactly
+    one stream (trained with its warm-up head) or ``{"streams": {...},
+    "fusion": fusion_arch}`` with one or more streams. With ``streams`` given,
+    the architecture must contain exactly those streams.
+    """
+    present = model_streams(arch)
+    extra = sorted(set(arch) - {"streams", "fusion"})
+    if extra:
+        raise ArchitectureError(
+            f"model architecture: unexpected keys {extra}; allowed: 'streams', 'fusion'")
+    if not present:
+        raise ArchitectureError("model architecture: 'streams' is empty; give at least one stream")
+    if streams is not None and set(present) != set(streams):
+        raise ArchitectureError(
+            f"model architecture has streams {list(present)}, expected exactly {sorted(streams)}")
+
+    for stream in present:
+        try:
+            validate_arch(stream_space(stream), arch["streams"][stream])
+        except ArchitectureError as error:
+            raise ArchitectureError(f"stream {stream!r}: {error}") from error
+
+    if "fusion" not in arch:
+        if len(present) > 1:
+            raise ArchitectureError(
+                f"model architecture with streams {list(present)} has no 'fusion' part; "
+                f"several streams need one")
+        return
+    try:
+        validate_arch(fusion_space(present), arch["fusion"], context=arch["streams"])
+    except ArchitectureError as error:
+        raise ArchitectureError(f"fusion: {error}") from error
+
+
+def model_tokens(arch: dict) -> tuple:
+    """Return the canonical identity of a model architecture.
+
+    The identity is a tuple of ``(name, token tuple)`` pairs: the streams in the
+    order au, gaze, pose, landmarks (those present), then ``("fusion", tokens)``
+    when the architecture has a fusion part.
+    """
+    validate_model_arch(arch)
+    present = model_streams(arch)
+    identity = [(s, arch_tokens(stream_space(s), arch["streams"][s])) for s in present]
+    if "fusion" in arch:
+        identity.append(("fusion", arch_tokens(fusion_space(present), arch["fusion"])))
+    return tuple(identity)
+
+
+def format_model_arch(arch: dict) -> str:
+    """Return a one-line form of a model architecture, e.g. ``au: conv3,32,relu,False ; fusion: ...``."""
+    present = model_streams(arch)
+    parts = [f"{s}: {format_arch(stream_space(s), arch['streams'][s])}" for s in present]
+    if "fusion" in arch:
+        parts.append(f"fusion: {format_arch(fusion_space(present), arch['fusion'])}")
+    return " ; ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# CNN stream
+# ---------------------------------------------------------------------------
+
+ACTIVATION_MODULES = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+def _pool_then_project(pool: nn.Module, in_channels: int, out_channels: int) -> nn.Module:
+    # A pool keeps the channel count, so a 1x1 convolution reaches the chosen channels.
+    return nn.Sequential(pool, nn.Conv1d(in_channels, out_channels, 1))
+
+
+# Operation name -> constructor (in_channels, out_channels). Every operation keeps
+# the length K (stride 1, same padding).
+CNN_OPERATION_BUILDERS = {
+    "conv3": lambda c_in, c_out: nn.Conv1d(c_in, c_out, 3, padding=1),
+    "conv5": lambda c_in, c_out: nn.Conv1d(c_in, c_out, 5, padding=2),
+    "conv7": lambda c_in, c_out: nn.Conv1d(c_in, c_out, 7, padding=3),
+    "dilconv3": lambda c_in, c_out: nn.Conv1d(c_in, c_out, 3, padding=2, dilation=2),
+    "sepconv5": lambda c_in, c_out: nn.Sequential(
+        nn.Conv1d(c_in, c_in, 5, padding=2, groups=c_in),  # depthwise
+        nn.Conv1d(c_in, c_out, 1)),                         # pointwise
+    "maxpool3": lambda c_in, c_out: _pool_then_project(
+        nn.MaxPool1d(3, stride=1, padding=1), c_in, c_out),
+    "avgpool3": lambda c_in, c_out: _pool_then_project(
+        nn.AvgPool1d(3, stride=1, padding=1, count_include_pad=False), c_in, c_out),
+}
+
+
+class CNNLayer(nn.Module):
+    """One searched 1-D CNN layer: operation, optional residual, then activation.
+
+    With ``residual`` the previous layer's output (the stream input for layer
+    1) is added before the activation, through a 1x1 convolution when the
+    channel counts differ.
+
+    NOTE: no batch normalisation. Batches are small (about 32 of some 85
+    training participants, and an epoch's last batch can be far smaller), so
+    batch statistics would be noisy; the inputs are standardised per feature
+    instead and a stream is at most 4 layers deep.
+    """
+
+    def __init__(self, layer: dict, in_channels: int):
+        super().__init__()
+        out_channels = layer["channels"]
+        self.operation = CNN_OPERATION_BUILDERS[layer["op"]](in_channels, out_channels)
+        self.activation = ACTIVATION_MODULES[layer["activation"]]()
+        self.skip = None
+        if layer["residual"]:
+            self.skip = (nn.Identity() if in_channels == out_channels
+                         else nn.Conv1d(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.operation(x)                          # (B, C_out, K)
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return self.activation(y)
+
+
+class CNNStream(nn.Module):
+    """The CNN stream of a heatmap attribute: input (B, 2C, K), one output per layer (B, C_l, K)."""
+
+    def __init__(self, arch: dict, in_channels: int):
+        super().__init__()
+        validate_arch(CNN_SPACE, arch)
+        self.layer_channels = [layer["channels"] for layer in arch["layers"]]
+        inputs = [in_channels] + self.layer_channels[:-1]
+        self.layers = nn.ModuleList(
+            CNNLayer(layer, c_in) for layer, c_in in zip(arch["layers"], inputs))
+        self.out_channels = self.layer_channels[-1]
+
+    def forward(self, x: torch.Tensor, depth: int | None = None) -> list[torch.Tensor]:
+        """Return the outputs of the first ``depth`` layers (all layers by default)."""
+        outputs = []
+        for layer in self.layers[:depth]:
+            x = layer(x)                               # (B, C_l, K)
+            outputs.append(x)
+        return outputs
+
+
+class CNNHead(nn.Module):
+    """Warm-up regression head of a CNN stream: global average pool, dropout, linear -> (B,)."""
+
+    def __init__(self, channels: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=2)                         # (B, C, K) -> (B, C)
+        return self.linear(self.dropout(pooled)).squeeze(1)
+
+
+class GNNHead(nn.Module):
+    """Warm-up regression head of the GNN stream: dropout, linear on the readout -> (B,).
+
+    The readout, which pools the nodes, is part of the searched GNN stream.
+    """
+
+    def __init__(self, features: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(features, 1)
+
+    def forward(self, readout: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(readout)).squeeze(1)   # (B, H) -> (B,)
+
+
+# ---------------------------------------------------------------------------
+# Fusion module
+# ---------------------------------------------------------------------------
+
+def average_pool_matrix(length: int, size: int) -> torch.Tensor:
+    """Return the (length, size) matrix M with ``x @ M`` equal to adaptive average pooling of x.
+
+    Output bin i averages inputs floor(i*L/D) .. ceil((i+1)*L/D) - 1, the bins
+    of ``torch.nn.functional.adaptive_avg_pool1d``. A matmul is used instead of
+    that function because its CUDA backward is nondeterministic.
+    """
+    bins = torch.arange(size)
+    start = (bins * length) // size                               # (D,)
+    end = ((bins + 1) * length + size - 1) // size                 # (D,)
+    positions = torch.arange(length).unsqueeze(1)                  # (L, 1)
+    inside = (positions >= start) & (positions < end)              # (L, D)
+    return inside.float() / (end - start).float()
+
+
+class FusionModule(nn.Module):
+    """Fuse one chosen latent per stream and regress the score.
+
+    Each latent (B, C_l, K) or (B, N, H_l) is flattened and average-pooled to
+    length D; the first block combines the S pooled latents (concat -> S*D; sum,
+    max, product -> D; attention: a learned score per stream latent, softmax
+    over streams, weighted sum -> D); each block then applies Linear to its
+    hidden size and its activation; the head is dropout and linear -> (B,).
+    """
+
+    def __init__(self, arch: dict, latent_lengths: dict[str, int], dropout: float):
+        super().__init__()
+        self.streams = tuple(s for s in STREAM_ORDER if s in latent_lengths)
+        self.combine = arch["combine"]
+        size = arch["size"]
+        for stream in self.streams:
+            # Not persistent: the matrix follows from the shapes, and it can be 17 MB.
+            self.register_buffer(f"pool_{stream}",
+                                 average_pool_matrix(latent_lengths[stream], size),
+                                 persistent=False)
+        if self.combine == "attention":
+            self.scores = nn.ModuleDict({s: nn.Linear(size, 1) for s in self.streams})
+
+        width = size * len(self.streams) if self.combine == "concat" else size
+        blocks = []
+        for block in arch["blocks"]:
+            blocks.append(nn.Sequential(nn.Linear(width, block["hidden"]),
+                                        ACTIVATION_MODULES[block["activation"]]()))
+            width = block["hidden"]
+        self.blocks = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = [latents[s].flatten(1) @ getattr(self, f"pool_{s}")   # (B, L_s) -> (B, D)
+                  for s in self.streams]
+        fused = self._combine(pooled)                  # (B, S*D) or (B, D)
+        hidden = self.blocks(fused)                    # (B, H)
+        return self.linear(self.dropout(hidden)).squeeze(1)
+
+    def _combine(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        if self.combine == "concat":
+            return torch.cat(pooled, dim=1)            # (B, S*D)
+        stacked = torch.stack(pooled, dim=1)           # (B, S, D)
+        if self.combine == "sum":
+            return stacked.sum(dim=1)
+        if self.combine == "max":
+            return stacked.amax(dim=1)
+        if self.combine == "product":
+            return stacked.prod(dim=1)
+        scores = torch.cat([self.scores[s](z) for s, z in zip(self.streams, pooled)], dim=1)
+        weights = torch.softmax(scores, dim=1)         # (B, S)
+        return (weights.unsqueeze(2) * stacked).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------
+# The multi-stream model
+# ---------------------------------------------------------------------------
+
+class MultiStreamModel(nn.Module):
+    """Streams plus either a warm-up head (one stream) or the fusion module.
+
+    ``input_shapes`` maps each stream to one participant's input shape: (2C, K)
+    for a CNN stream, (N, F) for the landmark graph. ``forward`` takes a dict of
+    tensors (B, *shape) and returns the predicted scores (B,).
+    """
+
+    def __init__(self, arch: dict, input_shapes: dict[str, tuple], dropout: float = 0.2):
+        super().__init__()
+        validate_model_arch(arch)
+        self.streams = model_streams(arch)
+        self.input_shapes = {s: _input_shape(s, input_shapes) for s in self.streams}
+        self.encoders = nn.ModuleDict(
+            {s: _build_stream(s, arch["streams"][s], self.input_shapes[s]) for s in self.streams})
+
+        self.latents = None
+        if "fusion" in arch:
+            self.latents = dict(arch["fusion"]["latents"])
+            lengths = {s: self._latent_length(s) for s in self.streams}
+            self.fusion = FusionModule(arch["fusion"], lengths, dropout)
+        else:
+            stream = self.streams[0]
+            encoder = self.encoders[stream]
+            self.head = (CNNHead(encoder.out_channels, dropout) if STREAM_KINDS[stream] == "cnn"
+                         else GNNHead(encoder.out_features, dropout))
+
+    def _latent_length(self, stream: str) -> int:
+        index = self.latents[stream] - 1
+        encoder = self.encoders[stream]
+        first, second = self.input_shapes[stream]
+        if STREAM_KINDS[stream] == "cnn":
+            return encoder.layer_channels[index] * second      # C_l * K
+        return first * encoder.layer_features[index]          # N * H_l
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        for stream in self.streams:
+            _check_batch(stream, features, self.input_shapes[stream])
+        if self.latents is None:
+            return self._forward_single(features)
+        latents = {}
+        for stream in self.streams:
+            x = features[stream]
+            if STREAM_KINDS[stream] == "cnn":
+                # Layers after the chosen one cannot reach the output, so skip them.
+                outputs = self.encoders[stream](x, depth=self.latents[stream])
+            else:
+                outputs = self.encoders[stream](x)[1]
+            latents[stream] = outputs[self.latents[stream] - 1]
+        return self.fusion(latents)
+
+    def _forward_single(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        stream = self.streams[0]
+        if STREAM_KINDS[stream] == "cnn":
+            return self.head(self.encoders[stream](features[stream])[-1])
+        readout, _ = self.encoders[stream](features[stream])
+        return self.head(readout)
+
+
+def _build_stream(stream: str, arch: dict, shape: tuple[int, int]) -> nn.Module:
+    if STREAM_KINDS[stream] == "cnn":
+        return CNNStream(arch, in_channels=shape[0])
+    # Imported here because gnn.py builds on this module's search spaces.
+    import gnn
+    return gnn.GNNStream(arch, in_features=shape[1])
+
+
+def _input_shape(stream: str, input_shapes: dict) -> tuple[int, int]:
+    if stream not in input_shapes:
+        raise ValueError(
+            f"input_shapes has no entry for stream {stream!r}; give its per-participant shape, "
+            f"(2C, K) or (N, F)")
+    shape = tuple(int(n) for n in input_shapes[stream])
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(
+            f"input shape of stream {stream!r} is {shape}; expected two positive sizes, "
+            f"(2C, K) for a CNN stream or (N, F) for the landmark graph")
+    return shape
+
+
+def _check_batch(stream: str, features: dict, shape: tuple[int, int]) -> None:
+    if stream not in features:
+        raise ValueError(f"model input has no tensor for stream {stream!r}; "
+                         f"it has {sorted(features)}")
+    x = features[stream]
+    if x.dim() != 3 or tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"model input for stream {stream!r} has shape {tuple(x.shape)}; "
+            f"expected (B, {shape[0]}, {shape[1]}) as the model was built")
+
+
+# ---------------------------------------------------------------------------
+# Child training
+# ---------------------------------------------------------------------------
+
+# Feature elements whose training standard deviation is below this are only
+# centred (divided by 1), e.g. phases set to exactly 0 in empty frequency bins.
+STD_FLOOR = 1e-6
+
+# Participants per forward pass when predicting.
+PREDICT_BATCH = 256
+
+
+@dataclass
+class ChildBudget:
+    """Training settings of one child network."""
+
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.2
+
+
+@dataclass
+class Split:
+    """Participants' network inputs and PHQ-8 scores.
+
+    ``features`` maps a stream to (P, 2C, K) heatmaps or (P, N, F) node
+    features; ``labels`` is (P,) PHQ-8 totals.
+    """
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, indices) -> "Split":
+        """Return the participants at ``indices`` (integer positions)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return Split({s: x[indices] for s, x in self.features.items()}, self.labels[indices])
+
+    @classmethod
+    def from_encoded(cls, encoded, streams=None) -> "Split":
+        """Build a split from an ``encode.EncodedCohort`` (all its attributes by default)."""
+        streams = list(encoded.features) if streams is None else list(streams)
+        return cls({s: encoded.features[s] for s in streams}, np.asarray(encoded.labels))
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, value: float, epoch: int, curve: list[float]):
+        super().__init__(f"loss became {value} at epoch {epoch}")
+        self.curve = curve
+
+
+def seed_everything(seed: int) -> None:
+    """Seed random, numpy and torch (CPU and CUDA) and switch torch to deterministic algorithms.
+
+    Deterministic mode is process-wide, and an operation without a
+    deterministic implementation then raises RuntimeError, so the model avoids
+    such operations (the fusion pooling is a matmul for this reason).
+    ``CUBLAS_WORKSPACE_CONFIG`` only takes effect if it is set before CUDA
+    initialises, so call this function early in a process that uses CUDA.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = False
+
+
+def _derived_seed(seed: int, purpose: int) -> int:
+    """Return a seed for one purpose (1: batch order), independent of the model-initialisation seed."""
+    return int(np.random.SeedSequence([int(seed), purpose]).generate_state(1)[0])
+
+
+def fit_standardisation(train: Split, streams) -> dict:
+    """Fit per-feature-element means and standard deviations on ``train`` only.
+
+    Statistics are over participants, in float64, stored as float32 tensors of
+    one participant's shape. Targets are standardised too, so the network
+    learns a unit-variance score.
+    """
+    stats = {"feature_mean": {}, "feature_std": {}}
+    for stream in streams:
+        x = np.asarray(train.features[stream], dtype=np.float64)       # (P, ...)
+        std = x.std(axis=0)
+        std = np.where(std < STD_FLOOR, 1.0, std)
+        stats["feature_mean"][stream] = torch.from_numpy(x.mean(axis=0)).float()
+        stats["feature_std"][stream] = torch.from_numpy(std).float()
+    labels = np.asarray(train.labels, dtype=np.float64)
+    label_std = float(labels.std())
+    stats["label_mean"] = float(labels.mean())
+    stats["label_std"] = label_std if label_std >= STD_FLOOR else 1.0
+    return stats
+
+
+def standardise(features: dict[str, np.ndarray], stats: dict, device) -> dict[str, torch.Tensor]:
+    """Return float32 tensors on ``device``, standardised with the fitted statistics."""
+    result = {}
+    for stream, mean in stats["feature_mean"].items():
+        x = torch.as_tensor(np.asarray(features[stream]), dtype=torch.float32)
+        result[stream] = ((x - mean) / stats["feature_std"][stream]).to(device)
+    return result
+
+
+def check_split(split: Split, streams, name: str) -> None:
+    """Raise ValueError when ``split`` lacks a stream, has mismatched sizes or non-finite values."""
+    labels = np.asarray(split.labels)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"{name} labels have shape {labels.shape}; expected (P,) with P >= 1")
+    bad = np.flatnonzero(~np.isfinite(labels))
+    if len(bad):
+        raise ValueError(
+            f"{name} labels contain {len(bad)} non-finite values (first at position {bad[0]}); "
+            f"drop unlabelled participants before training")
+    for stream in streams:
+        if stream not in split.features:
+            raise ValueError(f"{name} split has no features for stream {stream!r}; "
+                             f"it has {sorted(split.features)}")
+        x = np.asarray(split.features[stream])
+        if x.ndim != 3 or len(x) != len(labels):
+            raise ValueError(
+                f"{name} features of stream {stream!r} have shape {x.shape}; "
+                f"expected ({len(labels)}, *, *), one row per label")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name} features of stream {stream!r} contain non-finite values")
+
+
+@dataclass
+class Fitted:
+    """A trained model with everything needed to predict: architecture, shapes, statistics."""
+
+    arch: dict
+    model: MultiStreamModel
+    stats: dict
+    dropout: float
+    curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Return predicted PHQ-8 scores (P,) as float64 numpy."""
+        device = next(self.model.parameters()).device
+        inputs = standardise(features, self.stats, device)
+        count = len(next(iter(inputs.values())))
+        self.model.eval()
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, count, PREDICT_BATCH):
+                batch = {s: x[start:start + PREDICT_BATCH] for s, x in inputs.items()}
+                chunks.append(self.model(batch).double().cpu())
+        scores = torch.cat(chunks).numpy()
+        return scores * self.stats["label_std"] + self.stats["label_mean"]
+
+    def state(self) -> dict:
+        """Return tensors and plain values that ``torch.load(weights_only=True)`` reads back."""
+        return {
+            "arch": json.loads(json.dumps(self.arch)),
+            "input_shapes": {s: list(shape) for s, shape in self.model.input_shapes.items()},
+            "dropout": float(self.dropout),
+            "weights": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "stats": {
+                "feature_mean": {s: t.clone() for s, t in self.stats["feature_mean"].items()},
+                "feature_std": {s: t.clone() for s, t in self.stats["feature_std"].items()},
+                "label_mean": float(self.stats["label_mean"]),
+                "label_std": float(self.stats["label_std"]),
+            },
+            "curve": [float(v) for v in self.curve],
+            "seconds": float(self.seconds),
+        }
+
+
+def load_fitted(state: dict, device="cpu") -> Fitted:
+    """Rebuild a Fitted from ``Fitted.state()``; the global random state is left unchanged."""
+    shapes = {s: tuple(shape) for s, shape in state["input_shapes"].items()}
+    # Building the modules draws initial weights, which would move the global torch generator.
+    with torch.random.fork_rng(devices=[]):
+        model = MultiStreamModel(state["arch"], shapes, dropout=state["dropout"])
+    model.load_state_dict(state["weights"])
+    stats = state["stats"]
+    return Fitted(arch=state["arch"], model=model.to(device), stats=stats,
+                  dropout=state["dropout"], curve=list(state["curve"]),
+                  seconds=state["seconds"])
+
+
+def fit_model(arch: dict, train: Split, seed: int, budget: ChildBudget | None = None,
+              device="cpu") -> Fitted:
+    """Train ``arch`` from scratch on ``train`` with Adam on the mean squared error.
+
+    Features and targets are standardised with statistics of ``train`` only;
+    the loss is on standardised targets and ``Fitted.predict`` returns PHQ-8
+    points. Raises NonFiniteLossError when an epoch's loss is NaN or infinite.
+    """
+    budget = budget or ChildBudget()
+    start = time.perf_counter()
+    validate_model_arch(arch)
+    streams = model_streams(arch)
+    check_split(train, streams, "training")
+    seed_everything(seed)
+
+    stats = fit_standardisation(train, streams)
+    inputs = standardise(train.features, stats, device)
+    labels = torch.as_tensor(np.asarray(train.labels, dtype=np.float64))
+    targets = ((labels - stats["label_mean"]) / stats["label_std"]).float().to(device)  # (P,)
+    shapes = {s: tuple(x.shape[1:]) for s, x in inputs.items()}
+    model = MultiStreamModel(arch, shapes, dropout=budget.dropout).to(device)
+
+    curve = _train_epochs(model, inputs, targets, seed, budget)
+    curve = [value * stats["label_std"] ** 2 for value in curve]
+    return Fitted(arch=json.loads(json.dumps(arch)), model=model, stats=stats,
+                  dropout=budget.dropout, curve=curve, seconds=time.perf_counter() - start)
+
+
+def _train_epochs(model: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor,
+                  seed: int, budget: ChildBudget) -> list[float]:
+    """Run the mini-batch epochs; return the mean training loss per epoch (standardised units)."""
+    device = targets.device
+    # fused: one kernel for all parameters, which removes most per-step Python overhead.
+    optimiser = torch.optim.Adam(model.parameters(), lr=budget.lr,
+                                 weight_decay=budget.weight_decay, fused=True)
+    generator = torch.Generator().manual_seed(_derived_seed(seed, 1))
+    count = len(targets)
+    curve: list[float] = []
+    model.train()
+    for epoch in range(1, budget.epochs + 1):
+        order = torch.randperm(count, generator=generator).to(device)
+        total = torch.zeros((), device=device)
+        for start in range(0, count, budget.batch_size):
+            index = order[start:start + budget.batch_size]
+            batch = {s: x.index_select(0, index) for s, x in inputs.items()}
+            loss = F.mse_loss(model(batch), targets.index_select(0, index))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.detach() * len(index)
+
+        # One host synchronisation per epoch; NaN or inf in any step shows in the sum.
+        mean_loss = (total / count).item()
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(mean_loss, epoch, curve)
+        curve.append(mean_loss)
+    return curve
+
+
+def train_child(arch: dict, data: tuple[Split, Split], seed: int,
+                budget: ChildBudget | None = None, device="cpu") -> dict:
+    """Train a child on the training part and evaluate it once on the validation part.
+
+    Returns ``{"ok", "val_rmse", "val_mae", "reason", "curve", "seconds",
+    "epochs"}`` with errors in PHQ-8 points and ``curve`` the mean training
+    loss per epoch in squared PHQ-8 points. There is no early stopping on the
+    validation part. A child whose loss becomes NaN or inf, or that raises
+    (including CUDA out of memory), gets ``ok`` False, a reason and no errors.
+    """
+    start = time.perf_counter()
+    result = {"ok": False, "val_rmse": None, "val_mae": None, "reason": None,
+              "curve": [], "seconds": 0.0, "epochs": 0}
+    try:
+        train, validation = data
+        fitted = fit_model(arch, train, seed, budget, device)
+        result["curve"] = fitted.curve
+        check_split(validation, fitted.model.streams, "validation")
+        predictions = fitted.predict(validation.features)
+        if not np.isfinite(predictions).all():
+            raise ArithmeticError("validation predictions are not finite")
+        result.update(ok=True, val_rmse=rmse(predictions, validation.labels),
+                      val_mae=mae(predictions, validation.labels))
+    except NonFiniteLossError as error:
+        result["reason"] = str(error)
+        result["curve"] = error.curve
+    except Exception as error:  # a bad child must be reported, never stop the search
+        result["reason"] = f"{type(error).__name__}: {error}"
+        if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    result["epochs"] = len(result["curve"])
+    result["seconds"] = time.perf_counter() - start
+    if not result["ok"]:
+        logger.warning("child failed | seed %d | %s | arch %s",
+                       seed, result["reason"], json.dumps(arch, default=repr))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def _paired(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten both arrays to float64 and check they pair up one to one."""
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    target = np.asarray(target, dtype=np.float64).ravel()
+    if pred.size != target.size:
+        raise ValueError(f"{pred.size} predictions against {target.size} targets; "
+                         f"pass one prediction per target")
+    if pred.size == 0:
+        raise ValueError("no predictions and no targets; an error of nothing is undefined")
+    return pred, target
+
+
+def rmse(pred, target) -> float:
+    """Return the root mean squared error; (N, 1) and (N,) inputs are flattened, never broadcast."""
+    pred, target = _paired(pred, target)
+    return float(np.sqrt(np.mean((pred - target) ** 2)))
+
+
+def mae(pred, target) -> float:
+    """Return the mean absolute error; (N, 1) and (N,) inputs are flattened, never broadcast."""
+    pred, target = _paired(pred, target)
+    return float(np.mean(np.abs(pred - target)))
