@@ -20,10 +20,18 @@ Summarise a session, an OpenFace CSV or a whole data root:
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import importlib.util
 import io
+import json
 import logging
+import os
 import re
 import struct
+import sys
+import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -644,3 +652,729 @@ def _zip64_compressed_size(extra: bytes) -> int | None:
             return struct.unpack("<Q", extra[position + 12:position + 20])[0]
         position += 4 + length
     return None
+
+
+# ---------------------------------------------------------------------------
+# Labels: AVEC 2016, AVEC 2017 and E-DAIC split files
+# ---------------------------------------------------------------------------
+
+LABEL_ALIASES = {"id": ("participant_id", "participant"),
+                 "score": ("phq8_score", "phq_score"),
+                 "binary": ("phq8_binary", "phq_binary")}
+PHQ8_RANGE = (0, 24)
+PHQ8_CUTOFF = 10  # PHQ-8 total >= 10 counts as depressed (binary label 1)
+
+
+def split_name(path) -> str | None:
+    """The split a label file implies by its name ("train", "dev", "test"), or None.
+
+    Known names: training_split.csv, train_split_Depression_AVEC2017.csv, train_split.csv,
+    dev_split*.csv, test_split*.csv and full_test_split.csv.
+    """
+    name = Path(path).name.lower()
+    if not name.endswith(".csv"):
+        return None
+    for prefix, split in (("training_split", "train"), ("train_split", "train"),
+                          ("dev_split", "dev"), ("full_test_split", "test"),
+                          ("test_split", "test")):
+        if name.startswith(prefix):
+            return split
+    return None
+
+
+def load_labels(path) -> dict[str, float | None]:
+    """PHQ-8 totals by participant id from one split file; None where the file has no scores.
+
+    Columns are found through aliases, case-insensitively: the id in Participant_ID or
+    participant_ID, the score in PHQ8_Score or PHQ_Score, the binary label in PHQ8_Binary or
+    PHQ_Binary. A binary label that disagrees with score >= 10 is logged and ignored.
+    """
+    header, rows = _read_csv_rows(Path(path))
+    columns = {key: _label_column(header, key) for key in LABEL_ALIASES}
+    if columns["id"] is None:
+        raise DataError(f"{path}: no participant id column (accepted: Participant_ID, "
+                        f"participant_ID); header is {', '.join(header)}")
+    if columns["score"] is None:
+        log.info("%s: no PHQ-8 score column; its %d participants are unlabelled", path, len(rows))
+
+    labels = {}
+    for line, row in rows:
+        participant = _participant(row[columns["id"]], path, line)
+        if participant in labels:
+            raise DataError(f"{path}, line {line}: participant {participant} appears twice; "
+                            "remove the repeated row")
+        labels[participant] = _row_score(row, columns, path, line, participant)
+    return labels
+
+
+def _read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Stripped header names and the non-empty rows with their 1-based line numbers."""
+    text = _read_bytes(path).decode("utf-8-sig", errors="replace")
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: the label file is empty; expected a header such as "
+                        "Participant_ID,PHQ8_Binary,PHQ8_Score")
+    header = [c.strip() for c in lines[0][1].split(",")]
+    rows = []
+    for number, line in lines[1:]:
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) < len(header):
+            raise DataError(f"{path}, line {number}: {len(fields)} fields, but the header has "
+                            f"{len(header)}; fix the row")
+        rows.append((number, fields))
+    return header, rows
+
+
+def _label_column(header: list[str], key: str) -> int | None:
+    lowered = [c.lower() for c in header]
+    for alias in LABEL_ALIASES[key]:
+        if alias in lowered:
+            return lowered.index(alias)
+    return None
+
+
+def _participant(value: str, path, line: int) -> str:
+    """Canonical participant id: "303" for "303" or "303.0"."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataError(f"{path}, line {line}: participant id {value!r} is not a number") from None
+    if not number.is_integer():
+        raise DataError(f"{path}, line {line}: participant id {value!r} is not an integer")
+    return str(int(number))
+
+
+def _row_score(row: list[str], columns: dict[str, int | None], path, line: int,
+               participant: str) -> float | None:
+    if columns["score"] is None:
+        return None
+    value = row[columns["score"]]
+    try:
+        score = float(value)
+    except ValueError:
+        score = np.nan
+    if not (np.isfinite(score) and score.is_integer() and PHQ8_RANGE[0] <= score <= PHQ8_RANGE[1]):
+        raise DataError(f"{path}, line {line}: participant {participant} has PHQ-8 score "
+                        f"{value!r}; expected an integer from {PHQ8_RANGE[0]} to {PHQ8_RANGE[1]}")
+
+    if columns["binary"] is not None:
+        _check_binary(row[columns["binary"]], score, path, line, participant)
+    return score
+
+
+def _check_binary(value: str, score: float, path, line: int, participant: str) -> None:
+    derived = int(score >= PHQ8_CUTOFF)
+    try:
+        agrees = float(value) == derived
+    except ValueError:
+        agrees = False
+    if not agrees:
+        log.warning("%s, line %d: participant %s has binary label %r but score %g; using "
+                    "score >= %d, which gives %d", path, line, participant, value, score,
+                    PHQ8_CUTOFF, derived)
+
+
+def binary_labels(labels: dict[str, float | None]) -> dict[str, int | None]:
+    """Binary depression labels derived from PHQ-8 totals (score >= 10), None where unlabelled."""
+    return {p: None if s is None else int(s >= PHQ8_CUTOFF) for p, s in labels.items()}
+
+
+# ---------------------------------------------------------------------------
+# Cohorts: every session and split file under a data root
+# ---------------------------------------------------------------------------
+
+BAD_SESSION_CHOICES = ("error", "skip")
+
+
+def find_sessions(root) -> dict[str, Path]:
+    """Session folders NNN_P and archives NNN_P.zip directly under root, by participant id.
+
+    Where both exist, the folder is used.
+    """
+    sessions = {}
+    for path in sorted(Path(root).iterdir()):
+        match = re.fullmatch(r"(\d+)_P(\.zip)?", path.name, flags=re.IGNORECASE)
+        if match is None or (path.is_file() != bool(match.group(2))):
+            continue
+        participant = match.group(1)
+        if participant in sessions and path.is_file():
+            log.info("%s: using the folder %s instead of the archive", path, sessions[participant])
+            continue
+        sessions[participant] = path
+    return sessions
+
+
+def find_label_files(root) -> list[Path]:
+    """Split files directly under root or under root/labels (E-DAIC), unlabelled ones first."""
+    root = Path(root)
+    files = [p for folder in (root, root / "labels") if folder.is_dir()
+             for p in sorted(folder.iterdir()) if p.is_file() and split_name(p)]
+    return sorted(files, key=lambda p: p.name.lower().startswith("full_test"))
+
+
+def load_cohort(root, min_confidence: float = 0.8, on_bad_session: str = "error",
+                au: str = "r", landmarks: str = "2d") -> Cohort:
+    """Load every session listed in the split files under a DAIC-WOZ or E-DAIC root.
+
+    A session listed but absent, or one that fails to load, raises a DataError, or with
+    ``on_bad_session="skip"`` is recorded in ``Cohort.skipped`` with the reason. Sessions
+    that no split file lists are left out and recorded in ``skipped`` too.
+    """
+    root = Path(root)
+    if on_bad_session not in BAD_SESSION_CHOICES:
+        raise ValueError(f"on_bad_session={on_bad_session!r} is invalid; use 'error' or 'skip'")
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; give the folder that holds the NNN_P sessions")
+
+    labels, splits = read_splits(root)
+    found = find_sessions(root)
+    skipped = _absent_sessions(root, splits, found, on_bad_session)
+    for participant in sorted(set(found) - set(splits), key=int):
+        log.warning("%s: not listed in any split file, left out", found[participant])
+        skipped[participant] = "not listed in any split file"
+
+    wanted = [p for p in sorted(splits, key=int) if p in found]
+    sessions = _load_sessions(found, wanted, on_bad_session, skipped,
+                              dict(min_confidence=min_confidence, au=au, landmarks=landmarks))
+    return Cohort(sessions=sessions, labels={p: labels[p] for p in sessions},
+                  splits={p: splits[p] for p in sessions}, root=str(root), skipped=skipped)
+
+
+def read_splits(root) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Labels and split names of every participant in the split files under root.
+
+    A labelled file (AVEC 2017 full_test_split.csv) takes precedence over an unlabelled one
+    for the same split (test_split_Depression_AVEC2017.csv).
+    """
+    files = find_label_files(root)
+    if not files:
+        raise DataError(f"{root}: no split files found (train_split_Depression_AVEC2017.csv, "
+                        "training_split.csv, labels/train_split.csv, ...); put them in the root")
+    labels, splits = {}, {}
+    for path in files:
+        split = split_name(path)
+        for participant, score in load_labels(path).items():
+            if splits.get(participant, split) != split:
+                raise DataError(f"{path}: participant {participant} is in both the "
+                                f"{splits[participant]} and the {split} split; fix the split files")
+            if labels.get(participant) is not None:
+                if score is not None and score != labels[participant]:
+                    raise DataError(f"{path}: participant {participant} has score {score:g} "
+                                    f"here and {labels[participant]:g} in another split file")
+                continue
+            labels[participant], splits[participant] = score, split
+    return labels, splits
+
+
+def _absent_sessions(root: Path, splits: dict[str, str], found: dict[str, Path],
+                     on_bad_session: str) -> dict[str, str]:
+    absent = [p for p in sorted(splits, key=int) if p not in found]
+    if absent and on_bad_session == "error":
+        raise DataError(f"{root}: {len(absent)} session(s) listed in the split files are missing "
+                        f"(no folder or archive for {', '.join(absent[:10])}"
+                        f"{', ...' if len(absent) > 10 else ''}); add them or use "
+                        "on_bad_session='skip'")
+    for participant in absent:
+        log.warning("participant %s (%s split) has no session under %s, skipped",
+                    participant, splits[participant], root)
+    return {p: f"no folder {p}_P or archive {p}_P.zip under {root}" for p in absent}
+
+
+def _load_sessions(found: dict[str, Path], wanted: list[str], on_bad_session: str,
+                   skipped: dict[str, str], options: dict) -> dict[str, Session]:
+    sessions = {}
+    start = time.perf_counter()
+    for done, participant in enumerate(wanted, start=1):
+        try:
+            sessions[participant] = load_session(found[participant], **options)
+        except DataError as err:
+            if on_bad_session == "error":
+                raise
+            log.warning("participant %s skipped: %s", participant, err)
+            skipped[participant] = str(err)
+        elapsed = time.perf_counter() - start
+        log.info("loaded %d/%d sessions | %.1f s elapsed | about %.0f s left", done,
+                 len(wanted), elapsed, elapsed / done * (len(wanted) - done))
+    return sessions
+
+
+# ---------------------------------------------------------------------------
+# Spectral encoding
+# ---------------------------------------------------------------------------
+
+ALIGNMENTS = ("select", "resample")
+
+# A bin whose amplitude is at most PHASE_EPSILON times the channel's peak absolute value
+# (after median subtraction) is treated as empty and gets phase exactly 0. The peak bounds
+# every normalised amplitude, and FFT rounding noise is about 1e-16 of it.
+PHASE_EPSILON = 1e-12
+
+
+def spectral_encode(x: np.ndarray, k: int = 120, resolution: int = 256, align: str = "select",
+                    participant: str | None = None,
+                    subtract_median: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Amplitude and phase spectra (C, k) of a multichannel series x (C, T), as Song et al.
+
+    select: centre-trim to m*R frames with m = T // R (an odd surplus frame is removed at the
+    start), subtract each channel's median over the trimmed frames, and keep bins 0, m, 2m, ...
+    of the length-m*R DFT, amplitude |F| / (m*R). Column 0 is the Nyquist bin and column c >= 1
+    is the bin at (c-1)/R cycles per frame, whatever T is. Requires T >= R and k-1 <= R/2.
+    resample: subtract each channel's median over all frames, take the non-negative half of
+    the full DFT, resample it to R points with scipy.signal.resample_poly, amplitude |F| / T,
+    first k columns. Works for any T >= 2; requires k <= R.
+    ``subtract_median=False`` keeps the raw values (used for landmark positions).
+    """
+    x = _check_series(x, participant)
+    if align == "select":
+        spectrum = _select_spectrum(x, k, resolution, participant, subtract_median)
+    elif align == "resample":
+        spectrum = _resample_spectrum(x, k, resolution, participant, subtract_median)
+    else:
+        raise ValueError(f"align={align!r} is invalid; use 'select' or 'resample'")
+
+    amplitude, scale = np.abs(spectrum[0]), spectrum[1]
+    phase = np.angle(spectrum[0])
+    phase[amplitude <= PHASE_EPSILON * scale[:, None]] = 0.0
+    return amplitude, phase
+
+
+def _check_series(x, participant: str | None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"x has shape {x.shape}; expected (channels, frames)")
+    if not np.isfinite(x).all():
+        raise DataError(f"participant {participant or '?'}: the series contains non-finite "
+                        "values; clean it with build_session first")
+    return x
+
+
+def _centred(x: np.ndarray, subtract_median: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The series minus each channel's median (when asked), and each channel's peak |value|."""
+    if subtract_median:
+        x = x - np.median(x, axis=1, keepdims=True)
+    scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
+    return x, scale
+
+
+def _select_spectrum(x: np.ndarray, k: int, resolution: int, participant: str | None,
+                     subtract_median: bool) -> tuple[np.ndarray, np.ndarray]:
+    channels, frames = x.shape
+    if frames < resolution:
+        raise DataError(f"participant {participant or '?'}: the series has {frames} frames, "
+                        f"fewer than resolution {resolution} that align='select' needs; use "
+                        f"align='resample' or a resolution of at most {frames}")
+    if 2 * (k - 1) > resolution:
+        raise DataError(f"participant {participant or '?'}: k={k} columns need resolution >= "
+                        f"{2 * (k - 1)} with align='select' (column c is bin c-1 <= R/2), got "
+                        f"{resolution}; use a smaller k or a larger resolution")
+
+    # Centre-trim to m*R frames; the odd surplus frame goes from the start.
+    m = frames // resolution
+    start = (frames - m * resolution + 1) // 2
+    trimmed, scale = _centred(x[:, start:start + m * resolution], subtract_median)
+
+    # Bin j*m of the length-m*R DFT is bin j of the R-point DFT of the folded series.
+    folded = trimmed.reshape(channels, m, resolution).sum(axis=1)  # (C, m, R) -> (C, R)
+    bins = np.fft.fft(folded, axis=1) / (m * resolution)
+    columns = np.concatenate([bins[:, resolution // 2:resolution // 2 + 1], bins[:, :k - 1]],
+                             axis=1)  # (C, k): Nyquist, then bins 0 .. k-2
+    return columns, scale
+
+
+def _resample_spectrum(x: np.ndarray, k: int, resolution: int, participant: str | None,
+                       subtract_median: bool) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.signal import resample_poly
+
+    frames = x.shape[1]
+    if frames < 2 or k > resolution:
+        raise DataError(f"participant {participant or '?'}: align='resample' needs at least 2 "
+                        f"frames and k <= resolution, got {frames} frames, k={k}, resolution "
+                        f"{resolution}; use a longer recording or a larger resolution")
+
+    centred, scale = _centred(x, subtract_median)
+    half = np.fft.fft(centred, axis=1)[:, :frames // 2 + 1]  # (C, T//2 + 1) non-negative bins
+    resampled = resample_poly(half, resolution, half.shape[1], axis=1)  # (C, R)
+    return resampled[:, :k] / frames, scale
+
+
+# ---------------------------------------------------------------------------
+# Encoded sessions and cohorts
+# ---------------------------------------------------------------------------
+
+def encode_session(session: Session, k: int = 120, resolution: int = 256,
+                   align: str = "select") -> dict[str, np.ndarray]:
+    """Spectral features per attribute of one session.
+
+    au, gaze, pose: the heatmap [amplitude; phase] of shape (2C, K).
+    landmarks: node features of shape (68, 2*D*K) for D coordinates, per node
+    [amp_x, amp_y, (amp_z), phase_x, phase_y, (phase_z)], K columns each.
+    """
+    features = {}
+    for attr, x in session.attributes.items():
+        # NOTE: landmark positions keep their raw values here too (no median subtraction), so
+        # the zero-frequency column carries the mean position, the spatial information that
+        # the paper keeps landmarks unnormalised for.
+        amplitude, phase = spectral_encode(x.T, k, resolution, align, session.participant,
+                                           subtract_median=attr != "landmarks")  # (C, K) each
+        if attr == "landmarks":
+            features[attr] = np.concatenate([_per_node(amplitude), _per_node(phase)], axis=1)
+        else:
+            features[attr] = np.concatenate([amplitude, phase], axis=0)  # (2C, K)
+    return features
+
+
+def _per_node(spectrum: np.ndarray) -> np.ndarray:
+    """(D*68, K) rows ordered x0..x67, y0..y67, ... -> (68, D*K) rows per landmark."""
+    dims = spectrum.shape[0] // N_LANDMARKS
+    per_axis = spectrum.reshape(dims, N_LANDMARKS, -1)  # (D, N, K)
+    return per_axis.transpose(1, 0, 2).reshape(N_LANDMARKS, -1)  # (N, D*K)
+
+
+@dataclass
+class EncodedCohort:
+    """Spectral features, labels and splits of a cohort, one row per participant."""
+
+    participants: list[str]
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    splits: list[str]
+    channels: dict[str, list[str]]
+    params: dict
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def select(self, indices) -> "EncodedCohort":
+        """The rows at the given integer indices, in that order."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        return EncodedCohort(participants=[self.participants[i] for i in indices],
+                             features={a: f[indices] for a, f in self.features.items()},
+                             labels=self.labels[indices],
+                             splits=[self.splits[i] for i in indices],
+                             channels=self.channels, params=self.params, skipped=self.skipped)
+
+    def split(self, name: str) -> "EncodedCohort":
+        """The rows of one split ("train", "dev" or "test")."""
+        if name not in ("train", "dev", "test"):
+            raise ValueError(f"split {name!r} is invalid; use 'train', 'dev' or 'test'")
+        return self.select([i for i, s in enumerate(self.splits) if s == name])
+
+
+def _id_key(participant: str) -> tuple:
+    return (0, int(participant), "") if participant.isdigit() else (1, 0, participant)
+
+
+def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: str = "select",
+                  on_bad_session: str = "error") -> EncodedCohort:
+    """Encode every session of a cohort; participants sorted numerically.
+
+    A session that cannot be encoded (too short for align="select") raises its DataError, or
+    with ``on_bad_session="skip"`` is left out and recorded in ``skipped``.
+    """
+    attributes, channels = _common_channels(cohort)
+    skipped = dict(cohort.skipped)
+    rows = {}
+    for participant in sorted(cohort.sessions, key=_id_key):
+        try:
+            rows[participant] = encode_session(cohort.sessions[participant], k, resolution, align)
+        except DataError as err:
+            if on_bad_session == "error":
+                raise
+            log.warning("participant %s skipped: %s", participant, err)
+            skipped[participant] = str(err)
+
+    participants = list(rows)
+    features = {a: np.stack([rows[p][a] for p in participants]) if participants
+                else np.zeros((0,)) for a in attributes}  # (P, 2C, K) or (P, 68, 2DK)
+    labels = np.array([np.nan if cohort.labels.get(p) is None else cohort.labels[p]
+                       for p in participants], dtype=np.float64)
+    params = dict(k=k, resolution=resolution, align=align, root=cohort.root)
+    return EncodedCohort(participants, features, labels, [_split_of(cohort, p) for p in participants],
+                         {a: channels[a] for a in attributes}, params, skipped)
+
+
+def _split_of(cohort: Cohort, participant: str) -> str:
+    if participant not in cohort.splits:
+        raise DataError(f"participant {participant} has a session but no split; list it in a "
+                        "split file")
+    return cohort.splits[participant]
+
+
+def _common_channels(cohort: Cohort) -> tuple[list[str], dict[str, list[str]]]:
+    """Attributes every session has, and their channel names, which must agree across sessions."""
+    sessions = list(cohort.sessions.values())
+    attributes = [a for a in ATTRIBUTES if all(a in s.attributes for s in sessions)]
+    left_out = [a for a in ATTRIBUTES if a not in attributes
+                and any(a in s.attributes for s in sessions)]
+    if left_out:
+        log.warning("attribute(s) %s missing in some sessions (E-DAIC has no landmarks); "
+                    "left out for the whole cohort", ", ".join(left_out))
+
+    channels = {a: sessions[0].channels[a] for a in attributes} if sessions else {}
+    for session in sessions[1:]:
+        for attr in attributes:
+            if session.channels[attr] != channels[attr]:
+                raise DataError(f"{session.source}: participant {session.participant} has "
+                                f"{len(session.channels[attr])} {attr} channels, the first "
+                                f"session has {len(channels[attr])}; do not mix OpenFace versions "
+                                "in one cohort")
+    return attributes, channels
+
+
+# ---------------------------------------------------------------------------
+# Encoded-cohort cache
+# ---------------------------------------------------------------------------
+
+CACHE_FORMAT = "depnas-encoded-v1"
+
+
+def load_encoded(root=None, *, k: int = 120, resolution: int = 256, align: str = "select",
+                 min_confidence: float = 0.8, on_bad_session: str = "error",
+                 cache_dir=".cache/depnas", seed: int = 0, au: str = "r",
+                 landmarks: str = "2d") -> EncodedCohort:
+    """The encoded cohort of a data root (None: the synthetic cohort of ``seed``), cached.
+
+    The cache entry's name is a sha256 of the inputs (the split files and the session files
+    the reader uses, or synthetic.py's source and the seed), of encode.py's own source and of
+    every parameter, so any change to them builds a new entry. ``cache_dir=None`` disables it.
+    """
+    params = dict(k=k, resolution=resolution, align=align, min_confidence=min_confidence,
+                  on_bad_session=on_bad_session, au=au, landmarks=landmarks)
+    key = cache_key(root, seed=seed, **params) if cache_dir is not None else None
+    if key is not None:
+        cached = _read_cache(Path(cache_dir), key)
+        if cached is not None:
+            log.info("encoded cohort read from the cache %s", Path(cache_dir) / f"{key}.npz")
+            return cached
+
+    cohort = _load_source(root, seed, params)
+    encoded = encode_cohort(cohort, k, resolution, align, on_bad_session)
+    encoded.params.update(params, source="synthetic" if root is None else str(root),
+                          seed=seed if root is None else None, cache_key=key)
+    if key is not None:
+        _write_cache(Path(cache_dir), key, encoded)
+    return encoded
+
+
+def _load_source(root, seed: int, params: dict) -> Cohort:
+    options = dict(min_confidence=params["min_confidence"], au=params["au"],
+                   landmarks=params["landmarks"])
+    if root is not None:
+        return load_cohort(root, on_bad_session=params["on_bad_session"], **options)
+
+    import synthetic  # imported here: the synthetic cohort is only needed without a data root
+
+    cohort = synthetic.make_cohort(seed=seed)
+    if options != dict(min_confidence=0.8, au="r", landmarks="2d"):
+        # make_cohort cleans with the defaults; clean its raw tables again with these options.
+        cohort.sessions = {p: build_session(p, cohort.tables[p], s.source, **options)
+                           for p, s in cohort.sessions.items()}
+    return cohort
+
+
+def cache_key(root=None, *, seed: int = 0, **params) -> str:
+    """sha256 (hex) of the inputs' contents, encode.py's source and the parameters."""
+    digest = hashlib.sha256()
+    digest.update(CACHE_FORMAT.encode())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(json.dumps(params, sort_keys=True, default=str).encode())
+
+    if root is None:
+        spec = importlib.util.find_spec("synthetic")
+        if spec is None or spec.origin is None:
+            raise DataError("synthetic.py not found next to encode.py; give a data root instead")
+        digest.update(Path(spec.origin).read_bytes())
+        digest.update(f"seed={seed}".encode())
+    else:
+        for name, content in _input_digests(Path(root), params.get("landmarks", "2d")):
+            digest.update(f"{name}\0{content}\0".encode())
+    return digest.hexdigest()
+
+
+def _input_digests(root: Path, landmarks: str) -> list[tuple[str, str]]:
+    """(name, content digest) of every split file and session file the reader would use.
+
+    Files in folders are hashed whole. Archive members are identified by their CRC-32 and size
+    from the archive's directory, which avoids reading archives of several hundred MB.
+    """
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; give the folder that holds the NNN_P sessions")
+    entries = [(p.name, _file_digest(p)) for p in find_label_files(root)]
+    kinds = _needed_kinds(landmarks)
+    for participant, path in find_sessions(root).items():
+        if path.is_dir():
+            names = [p.relative_to(path).as_posix() for p in sorted(path.rglob("*")) if p.is_file()]
+            used = list(_match_members(names, kinds, str(path)).values())
+            used += [n for n in [_edaic_member(names, str(path))] if n and not used]
+            entries += [(f"{participant}/{n}", _file_digest(path / n)) for n in used]
+        else:
+            entries += _archive_digests(participant, path)
+    return entries
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _archive_digests(participant: str, path: Path) -> list[tuple[str, str]]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [(f"{participant}/{i.filename}", f"{i.CRC:08x}:{i.file_size}")
+                    for i in archive.infolist() if _is_data_member(i.filename)]
+    except (zipfile.BadZipFile, OSError):
+        return [(f"{participant}/{path.name}", _file_digest(path))]
+
+
+def _write_cache(folder: Path, key: str, encoded: EncodedCohort) -> None:
+    """Write the arrays (.npz), then the metadata (.json); each atomically via os.replace."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"labels": encoded.labels, "participants": np.array(encoded.participants, dtype=str),
+              "splits": np.array(encoded.splits, dtype=str)}
+    arrays.update({f"features_{a}": f for a, f in encoded.features.items()})
+    meta = {"format": CACHE_FORMAT, "attributes": list(encoded.features),
+            "channels": encoded.channels, "params": encoded.params, "skipped": encoded.skipped}
+
+    _write_atomic(folder / f"{key}.npz", lambda handle: np.savez(handle, **arrays))
+    _write_atomic(folder / f"{key}.json",
+                  lambda handle: handle.write(json.dumps(meta, indent=1).encode()))
+    log.info("encoded cohort cached in %s", folder / f"{key}.npz")
+
+
+def _write_atomic(path: Path, write) -> None:
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp",
+                                         delete=False)
+    try:
+        with handle:
+            write(handle)
+        os.replace(handle.name, path)
+    except BaseException:
+        os.unlink(handle.name)
+        raise
+
+
+def _read_cache(folder: Path, key: str) -> EncodedCohort | None:
+    """The cached cohort, or None when absent or unreadable (a warning names the entry)."""
+    arrays, meta = folder / f"{key}.npz", folder / f"{key}.json"
+    if not (arrays.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        with np.load(arrays, allow_pickle=False) as data:
+            encoded = EncodedCohort(
+                participants=[str(p) for p in data["participants"]],
+                features={a: data[f"features_{a}"] for a in info["attributes"]},
+                labels=data["labels"], splits=[str(s) for s in data["splits"]],
+                channels=info["channels"], params=info["params"], skipped=info["skipped"])
+        _check_cached(encoded)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+        log.warning("cache entry %s is unreadable (%s); rebuilding it", arrays, err)
+        return None
+    return encoded
+
+
+def _check_cached(encoded: EncodedCohort) -> None:
+    count = len(encoded.participants)
+    sizes = [len(encoded.labels), len(encoded.splits)] + [len(f) for f in encoded.features.values()]
+    if any(size != count for size in sizes):
+        raise ValueError(f"row counts {sizes} differ from {count} participants")
+
+
+# ---------------------------------------------------------------------------
+# Command line: summaries of a session, an OpenFace file or a data root
+# ---------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """Print a summary of a session (or one OpenFace CSV) or of every session under a root."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    options = dict(min_confidence=args.min_confidence, au=args.au, landmarks=args.landmarks)
+    encoding = dict(k=args.k, resolution=args.resolution, align=args.align)
+    try:
+        if _is_root(Path(args.path)):
+            cohort = load_cohort(args.path, on_bad_session=args.on_bad_session, **options)
+            _print_cohort(cohort, encoding)
+        else:
+            _print_session(load_session(args.path, **options), encoding)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Summarise OpenFace recordings: channels, kept "
+                                     "and dropped frames, frame rate and encoded shapes.")
+    parser.add_argument("path", help="a session folder NNN_P, an archive NNN_P.zip, an "
+                        "OpenFace CSV file, or a data root with split files")
+    parser.add_argument("--align", choices=ALIGNMENTS, default="select",
+                        help="frequency alignment of the spectra (default: select)")
+    parser.add_argument("--resolution", type=int, default=256,
+                        help="frequency resolution R, in bins (default: 256)")
+    parser.add_argument("--k", type=int, default=120,
+                        help="retained frequency columns K (default: 120)")
+    parser.add_argument("--min-confidence", type=float, default=0.8,
+                        help="lowest tracker confidence of a kept frame, 0-1 (default: 0.8)")
+    parser.add_argument("--au", choices=("r", "c", "both"), default="r",
+                        help="action unit channels: r intensity, c presence (default: r)")
+    parser.add_argument("--landmarks", choices=("2d", "3d"), default="2d",
+                        help="landmark coordinates: 2d pixels or 3d millimetres (default: 2d)")
+    parser.add_argument("--on-bad-session", choices=BAD_SESSION_CHOICES, default="error",
+                        help="for a root: stop at a bad or missing session, or skip it "
+                        "(default: error)")
+    return parser
+
+
+def _is_root(path: Path) -> bool:
+    return path.is_dir() and bool(find_label_files(path))
+
+
+def _print_session(session: Session, encoding: dict) -> None:
+    reasons = ", ".join(f"{k} {v}" for k, v in session.drop_reasons.items() if v) or "none"
+    print(f"session {session.participant} from {session.source}")
+    print(f"frames: {session.frames_kept} kept, {session.frames_dropped} dropped ({reasons})")
+    print(f"duration: {session.frames_kept / session.fps:.1f} s at {session.fps:.2f} fps")
+
+    try:
+        shapes = {a: f.shape for a, f in encode_session(session, **encoding).items()}
+    except DataError as err:
+        shapes, note = {}, f"not encoded: {err}"
+    else:
+        note = f"encoded with align={encoding['align']}, resolution {encoding['resolution']}"
+    print(f"{'attribute':<10} {'channels':>8}  {'encoded':<12} first channels")
+    for attr, names in session.channels.items():
+        first = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        shape = "x".join(map(str, shapes[attr])) if attr in shapes else "-"
+        print(f"{attr:<10} {len(names):>8}  {shape:<12} {first}")
+    print(note)
+
+
+def _print_cohort(cohort: Cohort, encoding: dict) -> None:
+    print(f"cohort under {cohort.root}: {len(cohort.sessions)} sessions, "
+          f"{len(cohort.skipped)} skipped")
+    print(f"{'split':<6} {'sessions':>8} {'labelled':>8} {'mean':>6} {'sd':>6} {'min':>4} "
+          f"{'max':>4} {'>=10':>6}")
+    for split in ("train", "dev", "test"):
+        members = [p for p, s in cohort.splits.items() if s == split]
+        scores = np.array([cohort.labels[p] for p in members if cohort.labels[p] is not None])
+        stats = (f"{scores.mean():>6.2f} {scores.std(ddof=1) if len(scores) > 1 else 0:>6.2f} "
+                 f"{scores.min():>4.0f} {scores.max():>4.0f} {(scores >= PHQ8_CUTOFF).mean():>6.2f}"
+                 if len(scores) else f"{'-':>6} {'-':>6} {'-':>4} {'-':>4} {'-':>6}")
+        print(f"{split:<6} {len(members):>8} {len(scores):>8} {stats}")
+
+    print(f"\n{'participant':<12} {'split':<6} {'score':>5} {'kept':>7} {'dropped':>7} "
+          f"{'fps':>6} {'seconds':>8}")
+    for participant in sorted(cohort.sessions, key=_id_key):
+        s, score = cohort.sessions[participant], cohort.labels[participant]
+        print(f"{participant:<12} {cohort.splits[participant]:<6} "
+              f"{'-' if score is None else f'{score:.0f}':>5} {s.frames_kept:>7} "
+              f"{s.frames_dropped:>7} {s.fps:>6.2f} {s.frames_kept / s.fps:>8.1f}")
+    for participant, reason in cohort.skipped.items():
+        print(f"skipped {participant}: {reason}")
+
+    if cohort.sessions:
+        first = cohort.sessions[min(cohort.sessions, key=_id_key)]
+        shapes = {a: f.shape for a, f in encode_session(first, **encoding).items()}
+        print("encoded shapes per session: " + ", ".join(f"{a} {s}" for a, s in shapes.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
