@@ -100,6 +100,7 @@ class Cohort:
 # Longer spellings come first because "1.#IND" is a substring of "-1.#IND".
 NAN_SPELLINGS = (b"-1.#IND", b"1.#IND", b"-1.#QNAN", b"1.#QNAN", b"-1.#INF", b"1.#INF",
                  b"-nan(ind)", b"nan(ind)")
+NON_SPACE = re.compile(rb"\S")
 NAN_TOKENS = {s.decode().lower() for s in NAN_SPELLINGS} | {"nan", "-nan", "inf", "-inf", "+inf"}
 
 
@@ -123,7 +124,7 @@ def read_table(source, name: str | None = None) -> Table:
     columns = _parse_header(header, name)
 
     # Rows: one vectorised parse, or a line-by-line pass that names the first bad field.
-    if end < 0 or not data[end + 1:].strip():
+    if end < 0 or NON_SPACE.search(data, end + 1) is None:
         raise DataError(f"{name}: the file has a header but no data rows; "
                         "check that the recording was written completely")
     if b"#" in data or b"(ind)" in data:
