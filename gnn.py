@@ -1,7 +1,7 @@
 """The landmark graph, a hand-written message-passing layer, graph readouts and the GNN stream.
 
-The landmark stream of depnas treats the 68 iBUG facial landmarks of a session as one graph:
-each node carries the spectral encoding of its landmark's trajectory, the landmarks of one facial
+The landmark stream of depnas treats the 68 iBUG facial landmarks of a session as one graph.
+Each node carries the spectral encoding of its landmark's trajectory. The landmarks of one facial
 region are fully connected, and every landmark is linked to the nasal root (landmark 27), so that
 messages travel between regions. The layer implements the seven attention types and three
 aggregators of the GraphNAS search space (Gao et al., "GraphNAS: Graph Neural Architecture Search
@@ -56,7 +56,7 @@ FIXED_ATTENTIONS = ("const", "gcn")
 def landmark_edges() -> torch.Tensor:
     """Return the landmark graph as a (2, E) LongTensor of directed edges, E = 942.
 
-    Row 0 holds the source node j and row 1 the target node i of each edge j -> i. Every
+    Row 0 contains the source node j and row 1 the target node i of each edge j -> i. Every
     undirected link appears in both directions and there are no self-loops (the layer adds them).
 
     Edge count: a region of n landmarks is a clique with n(n - 1) directed edges, which gives
@@ -86,12 +86,13 @@ def edges_to_adjacency(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor
     """
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(
-            f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}; "
+            f"invalid edge_index shape {tuple(edge_index.shape)}, expected (2, E); "
             f"stack source and target node indices as two rows")
     if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
         raise ValueError(
-            f"edge_index holds node indices from {int(edge_index.min())} to "
-            f"{int(edge_index.max())}, outside 0..{num_nodes - 1}; pass the right num_nodes")
+            f"invalid node index in edge_index: values run from {int(edge_index.min())} to "
+            f"{int(edge_index.max())}, outside 0..{num_nodes - 1}; pass the graph's node count "
+            f"as num_nodes")
 
     adjacency = torch.zeros(num_nodes, num_nodes)
     adjacency[edge_index[1], edge_index[0]] = 1.0
@@ -107,8 +108,8 @@ def _self_loop_mask(adjacency: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """Return the boolean (N, N) mask of the graph plus one self-loop per node (A + I, binarised)."""
     if adjacency.dim() != 2 or adjacency.shape != (num_nodes, num_nodes):
         raise ValueError(
-            f"adjacency must have shape ({num_nodes}, {num_nodes}) to match the {num_nodes} "
-            f"nodes of x, got {tuple(adjacency.shape)}; build it with edges_to_adjacency")
+            f"invalid adjacency shape {tuple(adjacency.shape)}, expected ({num_nodes}, "
+            f"{num_nodes}) for the {num_nodes} nodes of x; build it with edges_to_adjacency")
     eye = torch.eye(num_nodes, dtype=torch.bool, device=adjacency.device)
     return (adjacency != 0) | eye
 
@@ -158,10 +159,17 @@ class GraphConv(nn.Module):
 
     For the five score types the coefficients are a softmax over the **receiving** node's
     incoming edges, :math:`\alpha_{ij} = \exp(e_{ij}) / \sum_{m \in \hat{\mathcal{N}}(i)}
-    \exp(e_{im})`, so the weights into each node sum to 1 (GraphNAS normalises over the
-    sending node instead). Dropout, when set, zeroes coefficients after normalisation during
-    training. Heads are concatenated (``concat=True``, output ``heads * out_features``) or
-    averaged (output ``out_features``); the bias is added after that.
+    \exp(e_{im})`, so the weights into each node sum to 1. Dropout, when set, zeroes
+    coefficients after normalisation during training (with ``max``, a dropped coefficient
+    gives a zero message that still takes part in the maximum). Heads are concatenated
+    (``concat=True``, output ``heads * out_features``) or averaged (output ``out_features``),
+    and the bias is added after that.
+
+    NOTE: the GraphNAS reference code (``pyg_gnn_layer.py`` in github.com/GraphNAS/GraphNAS)
+    differs in three ways: its softmax runs over ``edge_index[0]``, the sending node; its
+    ``mean`` and ``max`` aggregators pass every message through a two-layer linear map of
+    width 128 first; and its ``linear`` score uses :math:`(a_l + a_r)^\top z_j`, which is
+    :math:`a_s^\top z_j` with :math:`a_s = a_l + a_r`. depnas follows the formulas above.
 
     A node without in-neighbours keeps its self-loop: every attention type gives it
     :math:`\alpha_{ii} = 1` and it outputs its own projection :math:`W x_i` plus the bias.
@@ -261,7 +269,7 @@ class GraphConv(nn.Module):
             scale = adjacency.sum(dim=1).rsqrt()               # (N,) 1 / sqrt(d_i)
             return scale[:, None] * adjacency * scale[None, :]
 
-        # Adding -inf (not masked_fill) leaves a backward pass that is a plain copy.
+        # An additive -inf mask passes the gradient through unchanged, unlike masked_fill.
         scores = self._scores(z) + _mask_bias(mask, z.dtype)
         return torch.softmax(scores, dim=-1)                    # each row i sums to 1
 
@@ -365,7 +373,8 @@ class Readout(nn.Module):
 
         if h.shape[1] != self.pooling.shape[1]:
             raise ValueError(
-                f"region readout expects {self.pooling.shape[1]} nodes, got {h.shape[1]}")
+                f"region readout expects {self.pooling.shape[1]} nodes, got {h.shape[1]}; "
+                f"pass the regions of this graph to Readout")
         return (self.pooling @ h).flatten(1)                    # (B, R, H) -> (B, R * H)
 
 
@@ -384,7 +393,7 @@ class GNNStream(nn.Module):
 
     def __init__(self, arch: dict, in_features: int, dropout: float = 0.0):
         super().__init__()
-        # Imported here because depnas imports this module to build its streams.
+        # Imported here, not at the top, so that depnas may import this module at its top.
         import depnas
         depnas.validate_arch(depnas.GNN_SPACE, arch)
 

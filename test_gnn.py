@@ -117,7 +117,7 @@ def test_edges_to_adjacency_rows_are_targets():
 
 
 def test_edges_to_adjacency_rejects_bad_shape():
-    with pytest.raises(ValueError, match=r"shape \(2, E\)"):
+    with pytest.raises(ValueError, match=r"expected \(2, E\)"):
         gnn.edges_to_adjacency(torch.tensor([[0, 1, 2]]), 3)
 
 
@@ -296,7 +296,7 @@ def test_isolated_node_keeps_own_projection(attention, aggregator):
 
 def test_layer_rejects_adjacency_size():
     layer = make_layer("gat", "sum")
-    with pytest.raises(ValueError, match=r"shape \(4, 4\)"):
+    with pytest.raises(ValueError, match=r"expected \(4, 4\)"):
         layer(torch.randn(1, 4, 3, dtype=torch.float64), small_adjacency())
 
 
