@@ -14,7 +14,7 @@ Shape legend used in comments across the repository: B batch, S streams, T frame
 columns, C channels, N nodes, E edges, H hidden, D fused size.
 
 Run ``python gnn.py`` for a summary of the landmark graph and the forward+backward time of a
-2-layer GAT stream on a batch of 107 graphs; ``python -m pytest test_gnn.py`` runs the tests.
+2-layer GAT stream on a batch of 107 graphs. Run ``python -m pytest test_gnn.py`` for the tests.
 """
 
 from __future__ import annotations
@@ -166,10 +166,10 @@ class GraphConv(nn.Module):
     and the bias is added after that.
 
     NOTE: the GraphNAS reference code (``pyg_gnn_layer.py`` in github.com/GraphNAS/GraphNAS)
-    differs in three ways: its softmax runs over ``edge_index[0]``, the sending node; its
-    ``mean`` and ``max`` aggregators pass every message through a two-layer linear map of
-    width 128 first; and its ``linear`` score uses :math:`(a_l + a_r)^\top z_j`, which is
-    :math:`a_s^\top z_j` with :math:`a_s = a_l + a_r`. depnas follows the formulas above.
+    differs in three ways, and depnas follows the formulas above. Its softmax runs over
+    ``edge_index[0]``, the sending node. Its ``mean`` and ``max`` aggregators first pass every
+    message through a two-layer linear map of width 128. Its ``linear`` score uses
+    :math:`(a_l + a_r)^\top z_j`, which is :math:`a_s^\top z_j` with :math:`a_s = a_l + a_r`.
 
     A node without in-neighbours keeps its self-loop: every attention type gives it
     :math:`\alpha_{ii} = 1` and it outputs its own projection :math:`W x_i` plus the bias.
