@@ -1,9 +1,9 @@
 """Read OpenFace-family recordings and labels, clean frames, and encode spectra.
 
-Inputs: DAIC-WOZ sessions (a folder ``NNN_P/`` or an archive ``NNN_P.zip`` with the five
-``NNN_CLNF_*.txt`` files, or ``NNN_CLM_*`` in the AVEC 2016 release), E-DAIC sessions
-(``NNN_P/features/NNN_OpenFace2.1.0_Pose_gaze_AUs.csv``), single OpenFace 1.x/2.x CSV files,
-and the AVEC 2016/2017 and E-DAIC split files with PHQ-8 scores.
+Inputs: DAIC-WOZ sessions, each a folder ``NNN_P/`` or an archive ``NNN_P.zip`` with the five
+``NNN_CLNF_*.txt`` files (``NNN_CLM_*`` in the AVEC 2016 release). E-DAIC sessions
+(``NNN_P/features/NNN_OpenFace2.1.0_Pose_gaze_AUs.csv``) and single OpenFace 1.x/2.x CSV files
+are read too, and so are the AVEC 2016/2017 and E-DAIC split files with PHQ-8 scores.
 
 Method: each session is cleaned (one face, frames ordered and unique, failed, low-confidence
 and non-finite frames removed, per-channel median subtracted except for landmarks) and every
@@ -129,6 +129,7 @@ def read_table(source, name: str | None = None) -> Table:
                         "check that the recording was written completely")
     if b"#" in data or b"(ind)" in data:
         data = _normalise_nan_spellings(data)
+        end = data.find(b"\n")
     values = _parse_rows_fast(data, len(columns))
     if values is None:
         values = _parse_rows_slow(data[end + 1:], columns, name)
@@ -185,7 +186,7 @@ def _parse_rows_fast(data: bytes, n_columns: int) -> np.ndarray | None:
 def _parse_rows_slow(body: bytes, columns: list[str], name: str) -> np.ndarray:
     """Parse the rows line by line; raise a DataError naming the first bad line and column."""
     rows = []
-    for number, line in enumerate(body.decode("utf-8", errors="replace").splitlines(), start=2):
+    for number, line in enumerate(body.decode("utf-8", errors="replace").split("\n"), start=2):
         if not line.strip():
             continue
         fields = line.split(",")
@@ -244,15 +245,15 @@ def _meta_column(table: Table, key: str) -> np.ndarray:
     return table.values[:, index]
 
 
-def _find_columns(table: Table, wanted: list[tuple[str, str]], what: str) -> list[int]:
-    """Column indices of (canonical, file) name pairs; a DataError lists any that are missing."""
+def _find_columns(table: Table, pairs: list[tuple[str, str]], attribute: str) -> list[int]:
+    """Find the columns of (canonical, file) name pairs; a DataError lists any that are missing."""
     position = {c: i for i, c in enumerate(table.columns)}
-    missing = [raw for _, raw in wanted if raw not in position]
+    missing = [raw for _, raw in pairs if raw not in position]
     if missing:
-        shown = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
-        raise DataError(f"{table.path}: missing {len(missing)} {what} column(s): {shown}; "
+        listed = ", ".join(missing[:6]) + (", ..." if len(missing) > 6 else "")
+        raise DataError(f"{table.path}: missing {len(missing)} {attribute} column(s): {listed}; "
                         "check that the file is the OpenFace output with that attribute enabled")
-    return [position[raw] for _, raw in wanted]
+    return [position[raw] for _, raw in pairs]
 
 
 def _au_names(table: Table, au: str) -> list[tuple[str, str]]:
@@ -293,16 +294,17 @@ def _attribute_sources(tables: dict[str, Table], source: str, au: str,
         return _openface_sources(tables["openface"], au, landmarks)
 
     landmark_kind = "features" if landmarks == "2d" else "features3D"
-    wanted = {"au": "AUs", "gaze": "gaze", "pose": "pose", "landmarks": landmark_kind}
-    missing = sorted({kind for kind in wanted.values() if kind not in tables})
+    attribute_kinds = {"au": "AUs", "gaze": "gaze", "pose": "pose", "landmarks": landmark_kind}
+    missing = sorted({kind for kind in attribute_kinds.values() if kind not in tables})
     if missing:
         raise DataError(f"{source}: missing DAIC-WOZ file(s) for {', '.join(missing)} "
-                        f"(expected names ending in _CLNF_{missing[0]}.txt or _CLM_{missing[0]}.txt)")
+                        f"(expected names ending in _CLNF_{missing[0]}.txt or "
+                        f"_CLM_{missing[0]}.txt)")
 
     names = {"au": _au_names(tables["AUs"], au), "gaze": _gaze_names(tables["gaze"], True),
              "pose": _pose_names(True), "landmarks": _landmark_names(landmarks, True)}
     return {attr: (kind, _find_columns(tables[kind], names[attr], attr), _canonical(names[attr]))
-            for attr, kind in wanted.items()}
+            for attr, kind in attribute_kinds.items()}
 
 
 def _openface_sources(table: Table, au: str,
@@ -444,23 +446,36 @@ def _valid_frames(tables: dict[str, Table], rows: dict[str, np.ndarray],
     return ~(failed | low | non_finite)
 
 
-def _check_kept(participant: str, source: str, kept: int, reasons: dict[str, int]) -> None:
-    if kept >= MIN_KEPT_FRAMES:
+def _check_kept(participant: str, source: str, kept_frames: int,
+                reasons: dict[str, int]) -> None:
+    if kept_frames >= MIN_KEPT_FRAMES:
         return
     dropped = ", ".join(f"{k} {v}" for k, v in reasons.items() if v)
-    raise DataError(f"{source}: participant {participant} has {kept} usable frames, fewer than "
-                    f"the minimum of {MIN_KEPT_FRAMES} (dropped: {dropped or 'none'}); lower "
-                    "min_confidence or skip the session with on_bad_session='skip'")
+    raise DataError(f"{source}: participant {participant} has {kept_frames} usable frames, "
+                    f"fewer than the minimum of {MIN_KEPT_FRAMES} (dropped: {dropped or 'none'}); "
+                    "lower min_confidence or skip the session with on_bad_session='skip'")
 
 
 def estimate_fps(timestamps: np.ndarray, frames: np.ndarray, source: str) -> float:
-    """Frame rate from the median timestamp step per frame, or DEFAULT_FPS when implausible."""
+    """Frame rate from the timestamps, or DEFAULT_FPS when they imply an implausible rate.
+
+    The median step per frame is robust to pauses and restarts. Timestamps rounded to 1 ms
+    bias it (0.033 s steps give 30.3 fps), so where the rate over the whole span agrees with
+    it within 5 %, the span's rate is used instead.
+    """
+    if len(frames) < 2:
+        log.warning("%s: fewer than 2 frames; assuming %.1f fps", source, DEFAULT_FPS)
+        return DEFAULT_FPS
     steps = np.diff(timestamps) / np.maximum(np.diff(frames), 1)
     if np.any(steps < 0):
         log.warning("%s: timestamps decrease %d times in frame order; the frame rate estimate "
                     "uses the median step", source, int((steps < 0).sum()))
     steps = steps[np.isfinite(steps) & (steps > 0)]
     fps = 1.0 / np.median(steps) if len(steps) else np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span_fps = (frames[-1] - frames[0]) / (timestamps[-1] - timestamps[0])
+    if abs(span_fps / fps - 1) < 0.05:
+        fps = span_fps
 
     if FPS_RANGE[0] <= fps <= FPS_RANGE[1]:
         return float(fps)
@@ -517,7 +532,7 @@ def _is_data_member(name: str) -> bool:
 
 
 def _match_members(names: list[str], kinds: tuple[str, ...], where: str) -> dict[str, str]:
-    """The one name per DAIC file kind that ends in its suffix; missing kinds are left out."""
+    """Match each DAIC file kind to the one name ending in its suffix; absent kinds are left out."""
     found = {}
     for kind in kinds:
         matches = [n for n in names if _is_data_member(n)
@@ -573,7 +588,7 @@ def _read_archive(path: Path, kinds: tuple[str, ...]) -> dict[str, Table]:
         if not found:
             edaic = _edaic_member(names, str(path))
             if edaic is None:
-                raise DataError(f"{path}: the archive holds no DAIC-WOZ CLNF/CLM files and no "
+                raise DataError(f"{path}: the archive contains no DAIC-WOZ CLNF/CLM files and no "
                                 "E-DAIC OpenFace file; is this a session archive?")
             return {"openface": _read_member(archive, path, edaic, kinds)}
         if any(k not in found for k in kinds):
@@ -591,7 +606,7 @@ def _read_member(archive: zipfile.ZipFile, path: Path, member: str,
 
 
 def _corrupt_archive_error(path: Path, kinds: tuple[str, ...], err: Exception) -> DataError:
-    """A DataError that lists which needed members a scan of the archive's entries finds whole."""
+    """Build a DataError that lists the needed members a scan of the archive finds incomplete."""
     complete = _complete_members(path)
     found = _match_members(complete, kinds, str(path))
     unreadable = [k for k in kinds if k not in found]
@@ -604,11 +619,11 @@ def _corrupt_archive_error(path: Path, kinds: tuple[str, ...], err: Exception) -
 
 
 def _complete_members(path: Path) -> list[str]:
-    """Names of the entries whose data lies wholly inside the file, from its local headers.
+    """List the entries whose data lies wholly inside the file, walking its local headers.
 
-    A truncated archive has no central directory, so the entries are found by walking the
-    local file headers from the start; the walk stops at the first entry that is cut off or
-    whose size is only given after its data.
+    A truncated archive has no central directory, so the entries are found from the local file
+    header at the start of each. The walk stops at the first entry that is cut off, and at one
+    whose size is only written after its data.
     """
     names = []
     try:
@@ -640,7 +655,7 @@ def _local_entry(handle) -> tuple[str, int] | None:
     extra = handle.read(extra_length)
     if compressed == 0xFFFFFFFF:
         compressed = _zip64_compressed_size(extra)
-    if flags & 0x08 and compressed == 0 or compressed is None:
+    if compressed is None or (flags & 0x08 and compressed == 0):
         return None  # sizes follow the data: the entry cannot be skipped without inflating
     return name, start + 30 + name_length + extra_length + compressed
 
@@ -667,7 +682,7 @@ PHQ8_CUTOFF = 10  # PHQ-8 total >= 10 counts as depressed (binary label 1)
 
 
 def split_name(path) -> str | None:
-    """The split a label file implies by its name ("train", "dev", "test"), or None.
+    """Return the split a label file's name implies ("train", "dev", "test"), or None.
 
     Known names: training_split.csv, train_split_Depression_AVEC2017.csv, train_split.csv,
     dev_split*.csv, test_split*.csv and full_test_split.csv.
@@ -825,7 +840,8 @@ def load_cohort(root, min_confidence: float = 0.8, on_bad_session: str = "error"
     if on_bad_session not in BAD_SESSION_CHOICES:
         raise ValueError(f"on_bad_session={on_bad_session!r} is invalid; use 'error' or 'skip'")
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder; give the folder that holds the NNN_P sessions")
+        raise DataError(f"{root}: folder not found; give the folder that contains the NNN_P "
+                        "sessions")
 
     labels, splits = read_splits(root)
     found = find_sessions(root)
@@ -950,7 +966,7 @@ def _check_series(x, participant: str | None) -> np.ndarray:
 
 
 def _centred(x: np.ndarray, subtract_median: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The series minus each channel's median (when asked), and each channel's peak |value|."""
+    """Subtract each channel's median (unless told not to); also return each channel's peak |x|."""
     if subtract_median:
         x = x - np.median(x, axis=1, keepdims=True)
     scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
@@ -1044,7 +1060,7 @@ class EncodedCohort:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def select(self, indices) -> "EncodedCohort":
-        """The rows at the given integer indices, in that order."""
+        """Return the rows at the given integer indices, in that order."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         return EncodedCohort(participants=[self.participants[i] for i in indices],
                              features={a: f[indices] for a, f in self.features.items()},
@@ -1053,7 +1069,7 @@ class EncodedCohort:
                              channels=self.channels, params=self.params, skipped=self.skipped)
 
     def split(self, name: str) -> "EncodedCohort":
-        """The rows of one split ("train", "dev" or "test")."""
+        """Return the rows of one split ("train", "dev" or "test")."""
         if name not in ("train", "dev", "test"):
             raise ValueError(f"split {name!r} is invalid; use 'train', 'dev' or 'test'")
         return self.select([i for i, s in enumerate(self.splits) if s == name])
@@ -1070,6 +1086,9 @@ def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: st
     A session that cannot be encoded (too short for align="select") raises its DataError, or
     with ``on_bad_session="skip"`` is left out and recorded in ``skipped``.
     """
+    if not cohort.sessions:
+        raise DataError(f"{cohort.root or 'cohort'}: no sessions to encode (skipped: "
+                        f"{len(cohort.skipped)}); check the data root and the split files")
     attributes, channels = _common_channels(cohort)
     skipped = dict(cohort.skipped)
     rows = {}
@@ -1088,7 +1107,8 @@ def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: st
     labels = np.array([np.nan if cohort.labels.get(p) is None else cohort.labels[p]
                        for p in participants], dtype=np.float64)
     params = dict(k=k, resolution=resolution, align=align, root=cohort.root)
-    return EncodedCohort(participants, features, labels, [_split_of(cohort, p) for p in participants],
+    splits = [_split_of(cohort, p) for p in participants]
+    return EncodedCohort(participants, features, labels, splits,
                          {a: channels[a] for a in attributes}, params, skipped)
 
 
@@ -1133,9 +1153,10 @@ def load_encoded(root=None, *, k: int = 120, resolution: int = 256, align: str =
                  landmarks: str = "2d") -> EncodedCohort:
     """The encoded cohort of a data root (None: the synthetic cohort of ``seed``), cached.
 
-    The cache entry's name is a sha256 of the inputs (the split files and the session files
-    the reader uses, or synthetic.py's source and the seed), of encode.py's own source and of
-    every parameter, so any change to them builds a new entry. ``cache_dir=None`` disables it.
+    The cache entry's name is a sha256 of the inputs, of encode.py's own source and of every
+    parameter, so any change to them builds a new entry. The inputs are the split files and
+    the session files the reader uses, or synthetic.py's source and the seed.
+    ``cache_dir=None`` disables the cache.
     """
     params = dict(k=k, resolution=resolution, align=align, min_confidence=min_confidence,
                   on_bad_session=on_bad_session, au=au, landmarks=landmarks)
@@ -1197,7 +1218,8 @@ def _input_digests(root: Path, landmarks: str) -> list[tuple[str, str]]:
     from the archive's directory, which avoids reading archives of several hundred MB.
     """
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder; give the folder that holds the NNN_P sessions")
+        raise DataError(f"{root}: folder not found; give the folder that contains the NNN_P "
+                        "sessions")
     entries = [(p.name, _file_digest(p)) for p in find_label_files(root)]
     kinds = _needed_kinds(landmarks)
     for participant, path in find_sessions(root).items():
@@ -1253,7 +1275,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def _read_cache(folder: Path, key: str) -> EncodedCohort | None:
-    """The cached cohort, or None when absent or unreadable (a warning names the entry)."""
+    """Read a cached cohort; return None when absent or unreadable (a warning names the entry)."""
     arrays, meta = folder / f"{key}.npz", folder / f"{key}.json"
     if not (arrays.exists() and meta.exists()):
         return None

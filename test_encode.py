@@ -96,12 +96,15 @@ def zip_folder(folder: Path, archive: Path, extra: dict[str, bytes] | None = Non
     return archive
 
 
-AVEC2017_HEADER = ("Participant_ID,PHQ8_Binary,PHQ8_Score,Gender,PHQ8_NoInterest,PHQ8_Depressed,"
-                   "PHQ8_Sleep,PHQ8_Tired,PHQ8_Appetite,PHQ8_Failure,PHQ8_Concentrating,PHQ8_Moving")
+AVEC2017_HEADER = ("Participant_ID,PHQ8_Binary,PHQ8_Score,Gender,PHQ8_NoInterest,"
+                   "PHQ8_Depressed,PHQ8_Sleep,PHQ8_Tired,PHQ8_Appetite,PHQ8_Failure,"
+                   "PHQ8_Concentrating,PHQ8_Moving")
+
+AVEC2016_HEADER = "Participant_ID,PHQ_Binary,PHQ_Score,Gender"
 
 SPLIT_LAYOUTS = {
-    "avec2016": {"training_split.csv": "Participant_ID,PHQ_Binary,PHQ_Score,Gender\r\n300,0,3,1\r\n",
-                 "dev_split.csv": "Participant_ID,PHQ_Binary,PHQ_Score,Gender\r\n301,1,12,0\r\n",
+    "avec2016": {"training_split.csv": AVEC2016_HEADER + "\r\n300,0,3,1\r\n",
+                 "dev_split.csv": AVEC2016_HEADER + "\r\n301,1,12,0\r\n",
                  "test_split.csv": "participant_ID,Gender\n302,1\n"},
     "avec2017": {"train_split_Depression_AVEC2017.csv":
                  AVEC2017_HEADER + "\n300,0,3,1,0,1,0,1,0,1,0,0\n",
@@ -238,6 +241,12 @@ def test_real_file_loads(name, frames):
 def test_real_video2_fps_from_timestamps():
     session = encode.load_session(REAL / "video2.csv")
     assert session.fps == pytest.approx(29.75, abs=0.01)
+
+
+def test_fps_from_millisecond_timestamps(tmp_path):
+    # Timestamps rounded to 1 ms (0.033, 0.067, ...) have a median step of 0.033 s.
+    session = encode.load_session(write_daic(tmp_path / "300_P"))
+    assert session.fps == pytest.approx(30.0, abs=0.01)
 
 
 def test_real_openface_test_fps_fallback():
@@ -540,16 +549,20 @@ def test_missing_column(tmp_path):
         encode.load_session(path)
 
 
-def test_edaic_folder_has_no_landmarks(tmp_path):
+def write_edaic(root: Path, participant: str = "300") -> Path:
+    """An E-DAIC session folder: pose, gaze with angles, and AUs; no landmarks."""
     columns = (META + [f"pose_{p}" for p in ("Tx", "Ty", "Tz", "Rx", "Ry", "Rz")]
                + [f"gaze_{e}_{a}" for e in "01" for a in "xyz"] + ["gaze_angle_x", "gaze_angle_y"]
                + AU_NAMES)
-    features = tmp_path / "300_P" / "features"
+    features = root / f"{participant}_P" / "features"
     features.mkdir(parents=True)
-    write_openface(features / "300_OpenFace2.1.0_Pose_gaze_AUs.csv", make_values(columns, 300),
-                   columns)
+    write_openface(features / f"{participant}_OpenFace2.1.0_Pose_gaze_AUs.csv",
+                   make_values(columns, 300), columns)
+    return root / f"{participant}_P"
 
-    session = encode.load_session(tmp_path / "300_P")
+
+def test_edaic_folder_has_no_landmarks(tmp_path):
+    session = encode.load_session(write_edaic(tmp_path))
     assert session.participant == "300"
     assert "landmarks" not in session.attributes
     assert session.attributes["gaze"].shape == (300, 8)
@@ -636,6 +649,23 @@ def test_cohort_from_archives(tmp_path):
     cohort = encode.load_cohort(tmp_path)
     assert sorted(cohort.sessions) == ["300", "301", "302"]
     assert cohort.labels["302"] is None
+
+
+def test_cohort_edaic_layout(tmp_path):
+    write_splits(tmp_path, "edaic")
+    for participant in ("300", "301", "302"):
+        write_edaic(tmp_path, participant)
+    encoded = encode.encode_cohort(encode.load_cohort(tmp_path))
+    assert sorted(encoded.features) == ["au", "gaze", "pose"]
+    assert encoded.labels.tolist() == [3.0, 12.0, 17.0]
+
+
+def test_cli_summarises_root(tmp_path, capsys):
+    assert encode.main([str(write_root(tmp_path))]) == 0
+    output = capsys.readouterr().out
+    assert "3 sessions" in output
+    assert "dev" in output
+    assert "landmarks (68, 480)" in output
 
 
 def test_cohort_missing_session(tmp_path):
