@@ -5,11 +5,12 @@ Inputs: DAIC-WOZ sessions, each a folder ``NNN_P/`` or an archive ``NNN_P.zip`` 
 (``NNN_P/features/NNN_OpenFace2.1.0_Pose_gaze_AUs.csv``) and single OpenFace 1.x/2.x CSV files
 are read too, and so are the AVEC 2016/2017 and E-DAIC split files with PHQ-8 scores.
 
-Method: each session is cleaned (one face, frames ordered and unique, failed, low-confidence
-and non-finite frames removed, per-channel median subtracted except for landmarks) and every
-facial attribute time series is summarised by the fixed-size amplitude and phase spectra of
-Song et al., "Spectral representation of behaviour primitives for depression analysis",
-IEEE Trans. Affective Computing, 2020, with their "select" or "resample" frequency alignment.
+Method: each session is cleaned. One face is kept, frames are ordered and unique, failed,
+low-confidence and non-finite frames are removed, and each channel's median is subtracted
+except for landmarks. Every facial attribute time series is then summarised by the fixed-size
+amplitude and phase spectra of Song et al., "Spectral representation of behaviour primitives
+for depression analysis", IEEE Trans. Affective Computing, 2020, with their "select" or
+"resample" frequency alignment.
 
 Shape legend used in comments across the repository: B batch, S streams, T frames,
 K frequency columns, C channels, N nodes, E edges, H hidden, D fused size.
@@ -46,6 +47,7 @@ N_LANDMARKS = 68
 
 # A session with fewer kept frames than this is rejected: its spectrum would hold a handful of
 # bins. 50 frames is 1.7 s at 30 fps; the shortest real test file has 100 frames.
+# NOTE: the paper gives no minimum; 50 is a chosen value, not a validated one.
 MIN_KEPT_FRAMES = 50
 
 # Plausible video frame rates. A timestamp step outside this range (OpenFace writes 1 ms steps
@@ -347,7 +349,9 @@ def build_session(participant: str, tables: dict[str, Table], source: str,
     confidence below ``min_confidence`` or a non-finite value in any used column (a frame is
     kept or dropped for all attributes together, reasons counted in that order), then subtract
     each channel's median over the kept frames except for landmarks, whose raw positions carry
-    spatial information.
+    spatial information. Dropped frames are removed, not interpolated, so the kept frames form
+    one shorter series. ``frames_dropped`` counts rows of other faces, repeated rows, frames
+    missing from some file and invalid frames.
     """
     sources = _attribute_sources(tables, source, au, landmarks)
     kinds = sorted({kind for kind, _, _ in sources.values()})
@@ -850,15 +854,15 @@ def load_cohort(root, min_confidence: float = 0.8, on_bad_session: str = "error"
         log.warning("%s: not listed in any split file, left out", found[participant])
         skipped[participant] = "not listed in any split file"
 
-    wanted = [p for p in sorted(splits, key=int) if p in found]
-    sessions = _load_sessions(found, wanted, on_bad_session, skipped,
+    listed = [p for p in sorted(splits, key=int) if p in found]
+    sessions = _load_sessions(found, listed, on_bad_session, skipped,
                               dict(min_confidence=min_confidence, au=au, landmarks=landmarks))
     return Cohort(sessions=sessions, labels={p: labels[p] for p in sessions},
                   splits={p: splits[p] for p in sessions}, root=str(root), skipped=skipped)
 
 
 def read_splits(root) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Labels and split names of every participant in the split files under root.
+    """Read the label and split of every participant in the split files under root.
 
     A labelled file (AVEC 2017 full_test_split.csv) takes precedence over an unlabelled one
     for the same split (test_split_Depression_AVEC2017.csv).
@@ -897,11 +901,11 @@ def _absent_sessions(root: Path, splits: dict[str, str], found: dict[str, Path],
     return {p: f"no folder {p}_P or archive {p}_P.zip under {root}" for p in absent}
 
 
-def _load_sessions(found: dict[str, Path], wanted: list[str], on_bad_session: str,
+def _load_sessions(found: dict[str, Path], listed: list[str], on_bad_session: str,
                    skipped: dict[str, str], options: dict) -> dict[str, Session]:
     sessions = {}
     start = time.perf_counter()
-    for done, participant in enumerate(wanted, start=1):
+    for done, participant in enumerate(listed, start=1):
         try:
             sessions[participant] = load_session(found[participant], **options)
         except DataError as err:
@@ -911,7 +915,7 @@ def _load_sessions(found: dict[str, Path], wanted: list[str], on_bad_session: st
             skipped[participant] = str(err)
         elapsed = time.perf_counter() - start
         log.info("loaded %d/%d sessions | %.1f s elapsed | about %.0f s left", done,
-                 len(wanted), elapsed, elapsed / done * (len(wanted) - done))
+                 len(listed), elapsed, elapsed / done * (len(listed) - done))
     return sessions
 
 
@@ -966,7 +970,7 @@ def _check_series(x, participant: str | None) -> np.ndarray:
 
 
 def _centred(x: np.ndarray, subtract_median: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Subtract each channel's median (unless told not to); also return each channel's peak |x|."""
+    """Subtract each channel's median if requested; also return each channel's peak |x|."""
     if subtract_median:
         x = x - np.median(x, axis=1, keepdims=True)
     scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
@@ -1151,7 +1155,7 @@ def load_encoded(root=None, *, k: int = 120, resolution: int = 256, align: str =
                  min_confidence: float = 0.8, on_bad_session: str = "error",
                  cache_dir=".cache/depnas", seed: int = 0, au: str = "r",
                  landmarks: str = "2d") -> EncodedCohort:
-    """The encoded cohort of a data root (None: the synthetic cohort of ``seed``), cached.
+    """Load and encode a data root (None: the synthetic cohort of ``seed``), through a cache.
 
     The cache entry's name is a sha256 of the inputs, of encode.py's own source and of every
     parameter, so any change to them builds a new entry. The inputs are the split files and
@@ -1200,10 +1204,7 @@ def cache_key(root=None, *, seed: int = 0, **params) -> str:
     digest.update(json.dumps(params, sort_keys=True, default=str).encode())
 
     if root is None:
-        spec = importlib.util.find_spec("synthetic")
-        if spec is None or spec.origin is None:
-            raise DataError("synthetic.py not found next to encode.py; give a data root instead")
-        digest.update(Path(spec.origin).read_bytes())
+        digest.update(_synthetic_source().read_bytes())
         digest.update(f"seed={seed}".encode())
     else:
         for name, content in _input_digests(Path(root), params.get("landmarks", "2d")):
@@ -1211,11 +1212,25 @@ def cache_key(root=None, *, seed: int = 0, **params) -> str:
     return digest.hexdigest()
 
 
+def _synthetic_source() -> Path:
+    """Locate synthetic.py: beside encode.py, else wherever ``import synthetic`` finds it."""
+    beside = Path(__file__).with_name("synthetic.py")
+    if beside.is_file():
+        return beside
+    spec = importlib.util.find_spec("synthetic")
+    if spec is None or spec.origin is None:
+        raise DataError(f"synthetic.py not found beside {Path(__file__).name} or on the import "
+                        "path; give a data root instead")
+    return Path(spec.origin)
+
+
 def _input_digests(root: Path, landmarks: str) -> list[tuple[str, str]]:
     """(name, content digest) of every split file and session file the reader would use.
 
     Files in folders are hashed whole. Archive members are identified by their CRC-32 and size
     from the archive's directory, which avoids reading archives of several hundred MB.
+    NOTE: so a change to an archive member that keeps its CRC-32 and size (a 1 in 2**32
+    chance for a random change) would reuse a stale cache entry.
     """
     if not root.is_dir():
         raise DataError(f"{root}: folder not found; give the folder that contains the NNN_P "
