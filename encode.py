@@ -16,7 +16,7 @@ Shape legend used in comments across the repository: B batch, S streams, T frame
 K frequency columns, C channels, N nodes, E edges, H hidden, D fused size.
 
 Summarise a session, an OpenFace CSV or a whole data root:
-``python encode.py ../shared/data/real/video2.csv``.
+``python encode.py testdata/real/video2.csv``.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ import pytest
 import encode
 from encode import DataError
 
-SHARED = Path(__file__).resolve().parent.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "spectral"
-REAL = SHARED / "data" / "real"
+# Reference spectra from the original MATLAB implementation and two real OpenFace files,
+# shipped with their provenance and licences.
+TESTDATA = Path(__file__).resolve().parent / "testdata"
+FIXTURES = TESTDATA / "spectral"
+REAL = TESTDATA / "real"
 
 AU_NAMES = ["AU01_r", "AU02_r", "AU04_r", "AU12_r", "AU04_c", "AU12_c"]
 META = ["frame", "timestamp", "confidence", "success"]
