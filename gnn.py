@@ -211,9 +211,11 @@ class GraphConv(nn.Module):
         self.lin = nn.Linear(in_features, heads * out_features, bias=False)
         shape = (heads, out_features)
         uses_target = attention in ("gat", "sym-gat", "cos", "generalized-linear")
+        uses_source = attention not in FIXED_ATTENTIONS
+        uses_general = attention == "generalized-linear"
         self.att_target = nn.Parameter(torch.empty(shape)) if uses_target else None
-        self.att_source = nn.Parameter(torch.empty(shape)) if attention not in FIXED_ATTENTIONS else None
-        self.att_general = nn.Parameter(torch.empty(shape)) if attention == "generalized-linear" else None
+        self.att_source = nn.Parameter(torch.empty(shape)) if uses_source else None
+        self.att_general = nn.Parameter(torch.empty(shape)) if uses_general else None
         size = heads * out_features if concat else out_features
         self.bias = nn.Parameter(torch.empty(size)) if bias else None
         self.reset_parameters()
@@ -232,7 +234,10 @@ class GraphConv(nn.Module):
         """Return the new node features (B, N, heads * H) or (B, N, H); see the class docstring."""
         z, mask = self._prepare(x, adjacency)                  # (B, heads, N, H), (N, N)
         alpha = self._coefficients(z, mask)                     # (B, heads, N, N) or (N, N)
-        alpha = F.dropout(alpha, self.dropout, self.training)
+        if self.training and self.dropout > 0:
+            # Expand the shared (N, N) weights of const and gcn so that each graph and head
+            # draws its own dropout mask.
+            alpha = F.dropout(alpha.expand(z.shape[0], self.heads, -1, -1), self.dropout)
         out = self._aggregate(alpha, z, mask)                   # (B, heads, N, H)
 
         if self.concat:

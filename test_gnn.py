@@ -322,6 +322,15 @@ def test_dropout_only_in_training():
     assert not torch.allclose(layer(x, small_adjacency()), reference(x, small_adjacency()))
 
 
+@pytest.mark.parametrize("attention", ["const", "gat"])
+def test_dropout_mask_per_graph(attention):
+    layer = make_layer(attention, "sum")
+    layer.dropout = 0.5
+    x = torch.randn(1, SMALL_NODES, 3, dtype=torch.float64).expand(2, -1, -1)
+    out = layer(x, small_adjacency())
+    assert not torch.equal(out[0], out[1])
+
+
 # ---------------------------------------------------------------------------
 # Invariances
 # ---------------------------------------------------------------------------
