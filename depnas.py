@@ -528,15 +528,35 @@ def average_pool_matrix(length: int, size: int) -> torch.Tensor:
     """Return the (length, size) matrix M with ``x @ M`` equal to adaptive average pooling of x.
 
     Output bin i averages inputs floor(i*L/D) .. ceil((i+1)*L/D) - 1, the bins
-    of ``torch.nn.functional.adaptive_avg_pool1d``. A matmul is used instead of
-    that function because its CUDA backward is nondeterministic.
+    of ``torch.nn.functional.adaptive_avg_pool1d``.
     """
-    bins = torch.arange(size)
-    start = (bins * length) // size                               # (D,)
-    end = ((bins + 1) * length + size - 1) // size                 # (D,)
-    positions = torch.arange(length).unsqueeze(1)                  # (L, 1)
-    inside = (positions >= start) & (positions < end)              # (L, D)
-    return inside.float() / (end - start).float()
+    matrix = torch.zeros(length, size)
+    for i in range(size):
+        start = (i * length) // size
+        end = ((i + 1) * length + size - 1) // size
+        matrix[start:end, i] = 1.0 / (end - start)
+    return matrix
+
+
+class AveragePool(nn.Module):
+    """Adaptive average pooling of flat vectors (B, L) -> (B, D), deterministic on CPU and CUDA.
+
+    torch's adaptive_avg_pool1d has a nondeterministic CUDA backward, so this
+    module reshapes and averages when D divides L (equal bins) and otherwise
+    multiplies by the fixed averaging matrix of ``average_pool_matrix``.
+    """
+
+    def __init__(self, length: int, size: int):
+        super().__init__()
+        self.length, self.size = length, size
+        # Not persistent: the matrix follows from the two sizes.
+        matrix = average_pool_matrix(length, size) if length % size else None
+        self.register_buffer("matrix", matrix, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matrix is not None:
+            return x @ self.matrix                                  # (B, L) -> (B, D)
+        return x.view(len(x), self.size, -1).mean(dim=2)            # (B, D, L/D) -> (B, D)
 
 
 class FusionModule(nn.Module):
@@ -554,11 +574,8 @@ class FusionModule(nn.Module):
         self.streams = tuple(s for s in STREAM_ORDER if s in latent_lengths)
         self.combine = arch["combine"]
         size = arch["size"]
-        for stream in self.streams:
-            # Not persistent: the matrix follows from the shapes, and it can be 17 MB.
-            self.register_buffer(f"pool_{stream}",
-                                 average_pool_matrix(latent_lengths[stream], size),
-                                 persistent=False)
+        self.pools = nn.ModuleDict(
+            {s: AveragePool(latent_lengths[s], size) for s in self.streams})
         if self.combine == "attention":
             self.scores = nn.ModuleDict({s: nn.Linear(size, 1) for s in self.streams})
 
@@ -573,7 +590,7 @@ class FusionModule(nn.Module):
         self.linear = nn.Linear(width, 1)
 
     def forward(self, latents: dict[str, torch.Tensor]) -> torch.Tensor:
-        pooled = [latents[s].flatten(1) @ getattr(self, f"pool_{s}")   # (B, L_s) -> (B, D)
+        pooled = [self.pools[s](latents[s].flatten(1))  # (B, L_s) -> (B, D)
                   for s in self.streams]
         fused = self._combine(pooled)                  # (B, S*D) or (B, D)
         hidden = self.blocks(fused)                    # (B, H)
@@ -683,7 +700,7 @@ def _check_batch(stream: str, features: dict, shape: tuple[int, int]) -> None:
         raise ValueError(f"model input has no tensor for stream {stream!r}; "
                          f"it has {sorted(features)}")
     x = features[stream]
-    if x.dim() != 3 or tuple(x.shape[1:]) != shape:
+    if x.ndim != 3 or tuple(x.shape[1:]) != shape:
         raise ValueError(
             f"model input for stream {stream!r} has shape {tuple(x.shape)}; "
             f"expected (B, {shape[0]}, {shape[1]}) as the model was built")
@@ -838,6 +855,8 @@ class Fitted:
 
     def predict(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Return predicted PHQ-8 scores (P,) as float64 numpy."""
+        for stream, shape in self.model.input_shapes.items():
+            _check_batch(stream, features, shape)
         device = next(self.model.parameters()).device
         inputs = standardise(features, self.stats, device)
         count = len(next(iter(inputs.values())))
