@@ -5,6 +5,8 @@ Run with ``python -m pytest test_gnn.py``.
 
 import itertools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -498,3 +500,10 @@ def test_stream_forward_twice_identical():
 def test_stream_state_has_no_graph():
     stream = gnn.GNNStream(gnn.BENCH_ARCH, 20)
     assert "adjacency" not in stream.state_dict()
+
+
+def test_command_line_summary():
+    result = subprocess.run([sys.executable, "gnn.py", "--repeats", "1", "--batch", "2"], capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert "68 nodes, 942 directed edges" in result.stdout
+    assert "over 1 passes" in result.stdout
