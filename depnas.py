@@ -621,6 +621,10 @@ class MultiStreamModel(nn.Module):
     ``input_shapes`` maps each stream to one participant's input shape: (2C, K)
     for a CNN stream, (N, F) for the landmark graph. ``forward`` takes a dict of
     tensors (B, *shape) and returns the predicted scores (B,).
+
+    Stream layers after a stream's fused layer are built, so the parameters
+    match the architecture, but they cannot affect the output: CNN streams
+    skip them, the GNN stream computes them, and they never get gradients.
     """
 
     def __init__(self, arch: dict, input_shapes: dict[str, tuple], dropout: float = 0.2):
@@ -723,10 +727,18 @@ class ChildBudget:
     """Training settings of one child network."""
 
     epochs: int = 60
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    dropout: float = 0.2
+    batch_size: int = 32           # participants per Adam step
+    lr: float = 3e-3               # Adam learning rate
+    weight_decay: float = 1e-4     # Adam's L2 penalty
+    dropout: float = 0.2           # probability, before the final linear layer
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"ChildBudget needs epochs >= 1 and batch_size >= 1, got {self}")
+        if not self.lr > 0 or self.weight_decay < 0:
+            raise ValueError(f"ChildBudget needs lr > 0 and weight_decay >= 0, got {self}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"ChildBudget dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -993,8 +1005,7 @@ def train_child(arch: dict, data: tuple[Split, Split], seed: int,
     result["epochs"] = len(result["curve"])
     result["seconds"] = time.perf_counter() - start
     if not result["ok"]:
-        logger.warning("child failed | seed %d | %s | arch %s",
-                       seed, result["reason"], json.dumps(arch, default=repr))
+        logger.warning("child failed | seed %s | %s | arch %r", seed, result["reason"], arch)
     return result
 
 

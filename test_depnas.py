@@ -518,3 +518,8 @@ def test_standardisation_constant_feature():
 def test_seed_everything_rejects_negative():
     with pytest.raises(ValueError, match="non-negative integer"):
         depnas.seed_everything(-1)
+
+
+def test_budget_rejects_zero_epochs():
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        ChildBudget(epochs=0)
