@@ -448,10 +448,10 @@ class CNNLayer(nn.Module):
     1) is added before the activation, through a 1x1 convolution when the
     channel counts differ.
 
-    NOTE: no batch normalisation. Batches are small (about 32 of some 85
-    training participants, and an epoch's last batch can be far smaller), so
-    batch statistics would be noisy; the inputs are standardised per feature
-    instead and a stream is at most 4 layers deep.
+    NOTE: no batch normalisation, because batches are small (32 of about 85
+    training participants, and an epoch's last batch can be far smaller) and
+    their statistics would be noisy. The inputs are standardised per feature
+    instead, and a stream is at most 4 layers deep.
     """
 
     def __init__(self, layer: dict, in_channels: int):
@@ -625,6 +625,7 @@ class MultiStreamModel(nn.Module):
     Stream layers after a stream's fused layer are built, so the parameters
     match the architecture, but they cannot affect the output: CNN streams
     skip them, the GNN stream computes them, and they never get gradients.
+    The GNN readout is unused under fusion for the same reason.
     """
 
     def __init__(self, arch: dict, input_shapes: dict[str, tuple], dropout: float = 0.2):
@@ -944,7 +945,7 @@ def _train_epochs(model: nn.Module, inputs: dict[str, torch.Tensor], targets: to
                   seed: int, budget: ChildBudget) -> list[float]:
     """Run the mini-batch epochs; return the mean training loss per epoch (standardised units)."""
     device = targets.device
-    # fused: one kernel for all parameters, which removes most per-step Python overhead.
+    # fused: one C++ call updates every parameter, in place of a Python loop over them.
     optimiser = torch.optim.Adam(model.parameters(), lr=budget.lr,
                                  weight_decay=budget.weight_decay, fused=True)
     generator = torch.Generator().manual_seed(_derived_seed(seed, 1))
@@ -991,7 +992,8 @@ def train_child(arch: dict, data: tuple[Split, Split], seed: int,
         check_split(validation, fitted.model.streams, "validation")
         predictions = fitted.predict(validation.features)
         if not np.isfinite(predictions).all():
-            raise ArithmeticError("validation predictions are not finite")
+            raise ArithmeticError("validation predictions are not finite although the "
+                                  "training loss was")
         result.update(ok=True, val_rmse=rmse(predictions, validation.labels),
                       val_mae=mae(predictions, validation.labels))
     except NonFiniteLossError as error:
@@ -1021,7 +1023,7 @@ def _paired(pred, target) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{pred.size} predictions against {target.size} targets; "
                          f"pass one prediction per target")
     if pred.size == 0:
-        raise ValueError("no predictions and no targets; an error of nothing is undefined")
+        raise ValueError("predictions and targets are empty; pass at least one pair")
     return pred, target
 
 

@@ -1,9 +1,10 @@
 """Smoke suite of the model: architectures, streams, fusion, child training and metrics.
 
 Random architectures from every space are built and run on the real input
-shapes; fusion must reach every stream layer; children trained on a planted
-signal and on the synthetic cohort must beat the mean predictor; training is
-bitwise reproducible; failed children are reported, not raised.
+shapes, and fusion must reach every stream layer. Children trained on a
+planted signal and on the synthetic cohort must beat the mean predictor.
+Training is bitwise reproducible, and failed children are reported, not
+raised.
 
 Shape legend: B batch, S streams, T frames, K frequency columns, C channels,
 N nodes, E edges, H hidden, D fused size.
