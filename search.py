@@ -97,9 +97,9 @@ BUDGETS = {
     "tiny": Budget("tiny", warmup_steps=2, joint_steps=2, samples=2, ppo_epochs=2,
                    child_epochs=2, child_batch_size=32, child_lr=3e-3,
                    child_weight_decay=1e-4, child_dropout=0.1, final_seeds=2, keep=2, top=2),
-    "smoke": Budget("smoke", warmup_steps=2, joint_steps=2, samples=4, ppo_epochs=2,
-                    child_epochs=4, child_batch_size=32, child_lr=3e-3,
-                    child_weight_decay=1e-4, child_dropout=0.1, final_seeds=2, keep=3, top=2),
+    "smoke": Budget("smoke", warmup_steps=2, joint_steps=2, samples=3, ppo_epochs=2,
+                    child_epochs=2, child_batch_size=32, child_lr=3e-3,
+                    child_weight_decay=1e-4, child_dropout=0.1, final_seeds=2, keep=2, top=2),
     "default": Budget("default", warmup_steps=6, joint_steps=8, samples=8, ppo_epochs=4,
                       child_epochs=20, child_batch_size=16, child_lr=2e-3,
                       child_weight_decay=1e-4, child_dropout=0.2, final_seeds=3),
@@ -681,13 +681,18 @@ def stratified_validation(labels: np.ndarray, fraction: float, seed: int) -> np.
 
 @dataclass
 class SearchData:
-    """Every split the search and the final stage use, as depnas Splits over all feature keys."""
+    """The labelled training split, dev and test, and the rows of the search's two parts."""
 
-    splits: dict[str, depnas.Split]          # search_train, search_val, train, dev, test
-    participants: dict[str, list[str]]
+    splits: dict[str, depnas.Split]          # train, dev, test: features of every stream
+    search_rows: dict[str, np.ndarray]       # search_train, search_val: rows of splits["train"]
+    participants: dict[str, list[str]]       # the five parts above -> participant ids
     streams: tuple[str, ...]                 # depnas streams present and requested
+    k: int                                   # frequency columns per spectrum (K)
     description: str
     identity: str                            # hash of participants, splits and labels
+
+    def size(self, name: str) -> int:
+        return len(self.participants[name])
 
 
 def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, description: str) -> SearchData:
@@ -703,9 +708,6 @@ def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, descripti
     if not streams:
         raise SearchError(f"none of the streams {list(requested)} is in the data ({description}); "
                           f"it has {sorted(encoded.features)}")
-    features = {s: np.asarray(encoded.features[s]) for s in streams}
-    if "landmarks" in streams:
-        features["landmarks_heatmap"] = landmark_heatmap(features["landmarks"], int(encoded.params["k"]))
     labels = np.asarray(encoded.labels, dtype=np.float64)
     splits = np.asarray(encoded.splits)
     participants = np.asarray(encoded.participants)
@@ -718,53 +720,70 @@ def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, descripti
         raise SearchError(f"only {len(train_rows)} labelled training participants in {description}; "
                           f"the search needs at least 8")
     validation = stratified_validation(labels[train_rows], VALIDATION_FRACTION, split_seed)
-    rows = {"search_train": train_rows[~validation], "search_val": train_rows[validation],
-            "train": train_rows, "dev": np.flatnonzero(splits == "dev"),
+    search_rows = {"search_train": np.flatnonzero(~validation), "search_val": np.flatnonzero(validation)}
+    rows = {"train": train_rows, "dev": np.flatnonzero(splits == "dev"),
             "test": np.flatnonzero(splits == "test")}
-    full = depnas.Split(features, labels)
+    full = depnas.Split({s: np.asarray(encoded.features[s]) for s in streams}, labels)
+    if "landmarks" in streams:
+        landmark_heatmap(full.features["landmarks"][:1], int(encoded.params["k"]))  # checks the width
+    names = {name: participants[index].tolist() for name, index in rows.items()}
+    names.update({name: participants[train_rows[index]].tolist() for name, index in search_rows.items()})
     identity = zlib.crc32(json.dumps([participants.tolist(), splits.tolist(),
                                       np.nan_to_num(labels, nan=-1).tolist()]).encode())
     return SearchData(
         splits={name: full.select(index) for name, index in rows.items()},
-        participants={name: participants[index].tolist() for name, index in rows.items()},
-        streams=streams, description=description, identity=f"{identity:08x}")
+        search_rows=search_rows, participants=names, streams=streams,
+        k=int(encoded.params["k"]), description=description, identity=f"{identity:08x}")
 
 
-def split_view(split: depnas.Split, streams: dict[str, str]) -> depnas.Split:
-    """Return ``split`` with features renamed for the model: depnas stream -> feature key."""
-    return depnas.Split({model: split.features[key] for model, key in streams.items()}, split.labels)
+def split_view(split: depnas.Split, features: dict[str, str], k: int, rows=None) -> depnas.Split:
+    """Return the model's view of ``split``: depnas stream -> features under key ``features[stream]``.
+
+    The key ``landmarks_heatmap`` is the landmark heatmap, built here from the node features.
+    ``rows`` optionally selects participants.
+    """
+    if rows is not None:
+        split = depnas.Split({key: x[rows] for key, x in split.features.items()}, split.labels[rows])
+    view = {}
+    for model, key in features.items():
+        if key == "landmarks_heatmap":
+            view[model] = landmark_heatmap(split.features["landmarks"], k)
+        else:
+            view[model] = split.features[key]
+    return depnas.Split(view, split.labels)
 
 
 # The data and device of this process's child trainings (set once per worker process).
 _WORKER: dict = {}
 
 
-def _init_worker(splits: dict, device: str) -> None:
+def _init_worker(data: SearchData, device: str) -> None:
     """Keep the data in this process and use one torch thread, so results do not depend on --workers."""
     torch.set_num_threads(1)
-    _WORKER["splits"] = splits
+    _WORKER["data"] = data
     _WORKER["device"] = device
 
 
 def run_job(job: dict) -> dict:
     """Train one child (``kind`` "child") or one final-stage model (``kind`` "fit")."""
-    splits, device = _WORKER["splits"], _WORKER["device"]
+    data, device = _WORKER["data"], _WORKER["device"]
     if job["kind"] == "child":
-        data = (split_view(splits["search_train"], job["features"]),
-                split_view(splits["search_val"], job["features"]))
-        return depnas.train_child(job["arch"], data, job["seed"], job["budget"], device)
-    return _fit_job(job, splits, device)
+        train = data.splits["train"]
+        parts = tuple(split_view(train, job["features"], data.k, data.search_rows[name])
+                      for name in ("search_train", "search_val"))
+        return depnas.train_child(job["arch"], parts, job["seed"], job["budget"], device)
+    return _fit_job(job, data, device)
 
 
-def _fit_job(job: dict, splits: dict, device: str) -> dict:
+def _fit_job(job: dict, data: SearchData, device: str) -> dict:
     """Train on the whole training split; return predictions on dev and test (and the state)."""
     start = time.perf_counter()
     try:
-        fitted = depnas.fit_model(job["arch"], split_view(splits["train"], job["features"]),
+        fitted = depnas.fit_model(job["arch"], split_view(data.splits["train"], job["features"], data.k),
                                   job["seed"], job["budget"], device)
         result = {"ok": True, "reason": None}
         for name in ("dev", "test"):
-            view = split_view(splits[name], job["features"])
+            view = split_view(data.splits[name], job["features"], data.k)
             result[name] = fitted.predict(view.features).tolist() if len(view) else []
         if job.get("keep_state"):
             buffer = io.BytesIO()
@@ -784,13 +803,13 @@ class ChildRunner:
     any result.
     """
 
-    def __init__(self, splits: dict, device: str, workers: int):
+    def __init__(self, data: SearchData, device: str, workers: int):
         self.pool = None
         if workers > 1:
             context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(workers, initializer=_init_worker, initargs=(splits, device))
+            self.pool = context.Pool(workers, initializer=_init_worker, initargs=(data, device))
         else:
-            _init_worker(splits, device)
+            _init_worker(data, device)
 
     def run(self, jobs: list[dict]):
         """Yield each job's result in order."""
@@ -1307,7 +1326,7 @@ def write_report(run: SearchRun, jobs: list[dict]) -> None:
 
 
 def _report_intro(run: SearchRun) -> list[str]:
-    sizes = {name: len(split) for name, split in run.data.splits.items()}
+    sizes = {name: run.data.size(name) for name in run.data.participants}
     labelled = {name: int(np.isfinite(split.labels).sum()) for name, split in run.data.splits.items()}
     return [
         "# depnas search report", "",
@@ -1612,20 +1631,42 @@ def write_config(config: Config, budget: Budget, data: SearchData, argv: list[st
         "config": dataclasses.asdict(config), "budget": dataclasses.asdict(budget),
         "controller": dataclasses.asdict(CONTROLLER), "validation_fraction": VALIDATION_FRACTION,
         "streams_used": list(data.streams), "data_identity": data.identity,
-        "split_sizes": {name: len(split) for name, split in data.splits.items()},
+        "split_sizes": {name: data.size(name) for name in data.participants},
         "argv": argv, "versions": library_versions(), "seed": config.seed})
+
+
+def check_run_directory(config: Config) -> None:
+    """Fail early, before the data is loaded, on a run directory that cannot serve this stage."""
+    path = os.path.join(config.out, "checkpoint.pt")
+    if config.resume:
+        if not os.path.exists(path):
+            raise SearchError(f"--resume given but {path} does not exist; "
+                              f"run without --resume to start the search")
+        saved = dict(load_checkpoint(path)["fingerprint"])
+        saved.pop("data_identity", None)
+        check_fingerprint(saved, config.fingerprint(), path)
+    warmup = os.path.join(config.out, "warmup")
+    if config.stage == "joint" and not any(name.endswith(".json") for name in _listdir(warmup)):
+        raise SearchError(
+            f"no warm-up results in {warmup}; run `python search.py --stage warmup` with the same "
+            f"--out, --seed, --budget, --streams and --data first (or use --stage all)")
+
+
+def _listdir(path: str) -> list[str]:
+    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def run_search(config: Config, argv: list[str], runner_factory=ChildRunner) -> None:
     """Load the data, then run the configured stages in ``config.out``."""
     budget = BUDGETS[config.budget]
+    check_run_directory(config)
     depnas.seed_everything(config.seed)
     torch.set_num_threads(1)
     data = load_data(config)
     write_config(config, budget, data, argv)
     logger.info("search | stage %s | budget %s | seed %d | device %s | workers %d | out %s",
                 config.stage, budget.name, config.seed, config.device, config.workers, config.out)
-    runner = runner_factory(data.splits, config.device, config.workers)
+    runner = runner_factory(data, config.device, config.workers)
     try:
         start = time.perf_counter()
         SearchRun(config, budget, data, runner).run()
