@@ -105,7 +105,7 @@ def landmark_adjacency() -> torch.Tensor:
 
 
 def _self_loop_mask(adjacency: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """Return the boolean (N, N) mask of the graph plus one self-loop per node (A + I, binarised)."""
+    """Return the boolean (N, N) mask of the graph plus a self-loop at every node (A + I)."""
     if adjacency.dim() != 2 or adjacency.shape != (num_nodes, num_nodes):
         raise ValueError(
             f"invalid adjacency shape {tuple(adjacency.shape)}, expected ({num_nodes}, "
@@ -248,7 +248,10 @@ class GraphConv(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def attention(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
-        """Return the coefficients alpha (B, heads, N, N); alpha[b, k, i, j] weighs edge j -> i."""
+        """Return the coefficients alpha (B, heads, N, N) before dropout.
+
+        alpha[b, k, i, j] weighs the edge j -> i in head k of graph b.
+        """
         z, mask = self._prepare(x, adjacency)
         alpha = self._coefficients(z, mask)
         return alpha.expand(z.shape[0], self.heads, -1, -1)
@@ -266,7 +269,7 @@ class GraphConv(nn.Module):
         return z.transpose(1, 2), mask                          # (B, heads, N, H)
 
     def _coefficients(self, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Return alpha: (N, N) for the fixed types, else (B, heads, N, N) softmaxed over sources."""
+        """Return alpha, (N, N) for const and gcn, else (B, heads, N, N) normalised per row i."""
         if self.attention_type == "const":
             return mask.to(z.dtype)
         if self.attention_type == "gcn":
@@ -279,7 +282,7 @@ class GraphConv(nn.Module):
         return torch.softmax(scores, dim=-1)                    # each row i sums to 1
 
     def _scores(self, z: torch.Tensor) -> torch.Tensor:
-        """Return the unnormalised scores e (B, heads, N, N); e[..., i, j] belongs to edge j -> i."""
+        """Return the unnormalised scores e (B, heads, N, N), e[..., i, j] for the edge j -> i."""
         nodes = z.shape[2]
         source = z * self.att_source[:, None, :]                # (B, heads, N, H): a_s * z_j
         if self.attention_type == "linear":
@@ -290,7 +293,8 @@ class GraphConv(nn.Module):
         if self.attention_type == "cos":
             return target @ source.transpose(-1, -2)
         if self.attention_type == "generalized-linear":
-            pair = torch.tanh(target[:, :, :, None, :] + source[:, :, None, :, :])  # (B, heads, N, N, H)
+            # (B, heads, N, N, H): [i, j] = tanh(a_t * z_i + a_s * z_j)
+            pair = torch.tanh(target[:, :, :, None, :] + source[:, :, None, :, :])
             return torch.einsum("bkijh,kh->bkij", pair, self.att_general)
 
         scores = target.sum(dim=-1)[..., :, None] + source.sum(dim=-1)[..., None, :]
@@ -307,7 +311,8 @@ class GraphConv(nn.Module):
             degree = mask.sum(dim=1).to(z.dtype)                # (N,) in-degree with self-loop
             return (alpha @ z) / degree[:, None]
 
-        messages = alpha[..., None] * z[:, :, None, :, :]      # (B, heads, N, N, H): [i, j] = alpha_ij z_j
+        # (B, heads, N, N, H): [i, j] = alpha_ij z_j
+        messages = alpha[..., None] * z[:, :, None, :, :]
         messages = messages.masked_fill(~mask[:, :, None], float("-inf"))
         return messages.amax(dim=3)                             # (B, heads, N, H)
 

@@ -247,7 +247,8 @@ def test_attention_rows_sum_to_one(attention):
     layer = make_layer(attention, "sum")
     alpha = layer.attention(torch.randn(2, SMALL_NODES, 3, dtype=torch.float64), small_adjacency())
     assert alpha.shape == (2, 2, SMALL_NODES, SMALL_NODES)
-    torch.testing.assert_close(alpha.sum(dim=-1), torch.ones(2, 2, SMALL_NODES, dtype=torch.float64))
+    ones = torch.ones(2, 2, SMALL_NODES, dtype=torch.float64)
+    torch.testing.assert_close(alpha.sum(dim=-1), ones)
 
 
 @pytest.mark.parametrize("attention", gnn.ATTENTIONS)
@@ -263,19 +264,21 @@ def test_attention_normalised_over_receiving_node():
     with torch.no_grad():
         layer.att_target.zero_()
         layer.att_source.zero_()
-    alpha = layer.attention(torch.randn(1, SMALL_NODES, 3, dtype=torch.float64), small_adjacency())[0, 0]
+    x = torch.randn(1, SMALL_NODES, 3, dtype=torch.float64)
+    alpha = layer.attention(x, small_adjacency())[0, 0]
 
     mask = self_loop_mask().double()
     in_degree = mask.sum(dim=1)                                    # [2, 4, 2, 2, 1]
     torch.testing.assert_close(alpha, mask / in_degree[:, None])
     assert alpha[1, 0] == 0.25                                     # node 1 has 4 incoming edges
     assert alpha[0, 1] == 0.5                                      # node 0 has 2
-    assert alpha.sum(dim=0)[0] != 1                                # a sender's weights need not sum to 1
+    assert alpha.sum(dim=0)[0] != 1                  # a sender's weights need not sum to 1
 
 
 def test_gcn_weights_use_degrees_with_self_loops():
     layer = make_layer("gcn", "sum")
-    alpha = layer.attention(torch.randn(1, SMALL_NODES, 3, dtype=torch.float64), small_adjacency())[0, 0]
+    x = torch.randn(1, SMALL_NODES, 3, dtype=torch.float64)
+    alpha = layer.attention(x, small_adjacency())[0, 0]
     mask = self_loop_mask().double()
     degree = mask.sum(dim=1)
     torch.testing.assert_close(alpha, mask / torch.sqrt(degree[:, None] * degree[None, :]))
@@ -503,7 +506,7 @@ def test_stream_state_has_no_graph():
 
 
 def test_command_line_summary():
-    result = subprocess.run([sys.executable, "gnn.py", "--repeats", "1", "--batch", "2"], capture_output=True,
-                            text=True, timeout=120, check=True)
+    command = [sys.executable, "gnn.py", "--repeats", "1", "--batch", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
     assert "68 nodes, 942 directed edges" in result.stdout
     assert "over 1 passes" in result.stdout
