@@ -25,6 +25,7 @@ Run it with ``python search.py --stage warmup`` and then ``python search.py --st
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import dataclasses
 import io
@@ -79,7 +80,6 @@ class Budget:
     final_seeds: int            # seeds per retrained architecture in the final stage
     keep: int = 5               # architectures kept per stream after the warm-up (T-hat)
     top: int = 3                # joint architectures retrained in the final stage
-    cnn_landmark_fusion: bool = False   # also retrain the selected model with a CNN landmark stream
 
     def child_budget(self) -> "depnas.ChildBudget":
         """Return the training settings of one child network."""
@@ -100,13 +100,12 @@ BUDGETS = {
     "smoke": Budget("smoke", warmup_steps=2, joint_steps=2, samples=3, ppo_epochs=2,
                     child_epochs=2, child_batch_size=32, child_lr=3e-3,
                     child_weight_decay=1e-4, child_dropout=0.1, final_seeds=2, keep=2, top=2),
-    "default": Budget("default", warmup_steps=6, joint_steps=8, samples=8, ppo_epochs=4,
-                      child_epochs=20, child_batch_size=16, child_lr=2e-3,
+    "default": Budget("default", warmup_steps=4, joint_steps=6, samples=6, ppo_epochs=4,
+                      child_epochs=12, child_batch_size=16, child_lr=2e-3,
                       child_weight_decay=1e-4, child_dropout=0.2, final_seeds=3),
     "paper": Budget("paper", warmup_steps=100, joint_steps=200, samples=8, ppo_epochs=4,
                     child_epochs=100, child_batch_size=16, child_lr=1e-3,
-                    child_weight_decay=1e-4, child_dropout=0.3, final_seeds=5,
-                    cnn_landmark_fusion=True),
+                    child_weight_decay=1e-4, child_dropout=0.3, final_seeds=5),
 }
 PUBLIC_BUDGETS = ("smoke", "default", "paper")
 
@@ -800,14 +799,16 @@ class ChildRunner:
 
     The data goes to each worker once, when the pool starts. Results come back in job
     order, and each job carries its own seed, so the number of workers does not change
-    any result.
+    any result. A worker that dies (for example killed for lack of memory) stops the
+    search with an error; the last checkpoint is intact.
     """
 
     def __init__(self, data: SearchData, device: str, workers: int):
         self.pool = None
         if workers > 1:
-            context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(workers, initializer=_init_worker, initargs=(data, device))
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(data, device))
         else:
             _init_worker(data, device)
 
@@ -815,13 +816,16 @@ class ChildRunner:
         """Yield each job's result in order."""
         if self.pool is None:
             yield from map(run_job, jobs)
-        else:
-            yield from self.pool.imap(run_job, jobs)
+            return
+        try:
+            yield from self.pool.map(run_job, jobs)
+        except concurrent.futures.process.BrokenProcessPool as error:
+            raise SearchError(f"a worker process died ({error}), possibly for lack of memory; "
+                              f"continue with --resume, perhaps with fewer --workers") from error
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
 
 
@@ -1003,6 +1007,7 @@ class SearchRun:
         if stop_after and self.steps_this_process >= int(stop_after):
             logger.warning("stopping hard after %d steps (DEPNAS_STOP_AFTER_STEPS)",
                            self.steps_this_process)
+            self.runner.close()
             logging.shutdown()
             os._exit(75)
 
@@ -1319,9 +1324,13 @@ def write_report(run: SearchRun, jobs: list[dict]) -> None:
     lines += _landmark_section(scores, metric_header, labelled_test)
     lines += _seed_section(scores)
     lines += _examples_section(run, jobs)
+    if write_figures(run, jobs):
+        lines += ["Figures: `learning_curve.png` (mean and std of the sampled architectures' "
+                  "validation errors per controller step) and `predicted_vs_true.png`.", ""]
+    else:
+        lines += ["No figures: matplotlib is not installed.", ""]
     atomic_write_text(os.path.join(run.out, "final", "report.md"), "\n".join(lines) + "\n")
     atomic_write_text(os.path.join(run.out, "final", "predictions.csv"), predictions_text(run, jobs))
-    write_figures(run, jobs)
     logger.info("final | report written to %s", os.path.join(run.out, "final", "report.md"))
 
 
@@ -1463,32 +1472,38 @@ def predictions_text(run: SearchRun, jobs: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def write_figures(run: SearchRun, jobs: list[dict]) -> None:
-    """Draw the controller learning curves and predicted-versus-true scores, if matplotlib exists."""
+def write_figures(run: SearchRun, jobs: list[dict]) -> bool:
+    """Draw the learning curves and predicted-versus-true scores; return False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         logger.info("matplotlib is not installed; no figures written (pip install matplotlib)")
-        return
+        return False
     _learning_curve_figure(run, plt)
     _prediction_figure(run, jobs, plt)
+    return True
 
 
 def _learning_curve_figure(run: SearchRun, plt) -> None:
-    """Plot the mean validation error of the sampled architectures per step (as Fig. 4)."""
+    """Plot the mean (and std) validation error of the sampled architectures per step (as Fig. 4)."""
+    from matplotlib.ticker import MaxNLocator
+
     series: dict[str, dict[int, list[float]]] = {}
     for row in run.state["history"]:
         if row["ok"]:
-            label = f"{row['stage']} {row['stream']}" if row["stage"] == "warmup" else "joint"
+            label = f"warm-up {row['stream']}" if row["stage"] == "warmup" else "joint"
             series.setdefault(label, {}).setdefault(row["step"], []).append(row["error"])
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, steps in series.items():
         order = sorted(steps)
-        axis.plot(order, [np.mean(steps[s]) for s in order], marker="o", label=label)
+        axis.errorbar(order, [np.mean(steps[s]) for s in order], yerr=[np.std(steps[s]) for s in order],
+                      marker="o", capsize=3, label=label)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("controller step")
-    axis.set_ylabel("mean validation RMSE of sampled architectures (PHQ-8)")
+    axis.set_ylabel("validation RMSE (PHQ-8)")
+    axis.set_title("Sampled architectures per step: mean and std", fontsize="medium")
     axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(os.path.join(run.out, "final", "learning_curve.png"), dpi=120)
@@ -1506,7 +1521,10 @@ def _prediction_figure(run: SearchRun, jobs: list[dict], plt) -> None:
     axis.scatter(labels[labelled], predictions[labelled], s=18)
     axis.plot([0, 24], [0, 24], color="grey", linewidth=1)
     axis.set_xlabel("true PHQ-8")
-    axis.set_ylabel("predicted PHQ-8 (selected model, mean over seeds)")
+    axis.set_ylabel("predicted PHQ-8")
+    error = depnas.rmse(predictions[labelled], labels[labelled])
+    axis.set_title(f"Selected model, development split, mean over seeds (RMSE {error:.2f})",
+                   fontsize="small")
     figure.tight_layout()
     figure.savefig(os.path.join(run.out, "final", "predicted_vs_true.png"), dpi=120)
     plt.close(figure)

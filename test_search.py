@@ -370,15 +370,8 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_cli_same_seed_identical(tiny_run, tmp_path):
-    out = str(tmp_path / "again")
-    completed = run_cli(*TINY, "--out", out)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert history_without_timing(out) == history_without_timing(tiny_run)
-    assert read_text(out, "final", "predictions.csv") == read_text(tiny_run, "final", "predictions.csv")
-
-
-def test_cli_workers_identical(tiny_run, tmp_path):
+def test_cli_rerun_with_workers_identical(tiny_run, tmp_path):
+    """A second run with the same seed, now on two worker processes, repeats the first exactly."""
     out = str(tmp_path / "workers")
     completed = run_cli(*TINY, "--workers", "2", "--out", out)
     assert completed.returncode == 0, completed.stderr[-3000:]
