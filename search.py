@@ -1,12 +1,12 @@
 """Neural architecture search for the multi-stream depression model: controllers, PPO, stages.
 
-Method (Sec. III-C and Algorithm 1 of "Neural Architecture Search for depression
-recognition from facial attributes"): one LSTM controller per stream samples a stream
-architecture decision by decision; a fusion controller, started from the stream
+The method is Sec. III-C and Algorithm 1 of "Neural Architecture Search for depression
+recognition from facial attributes". One LSTM controller per stream samples a stream
+architecture decision by decision. A fusion controller, started from the stream
 controllers' final states, samples the fusion module. Every sampled model is trained from
-scratch and scored by its validation RMSE; a motion-average tracker keeps the running mean
-of every error an architecture has received, and that mean (not the single trial) is the
-reward that PPO with the clipped objective uses to update the controllers.
+scratch and scored by its validation RMSE. A motion-average tracker keeps the running mean
+of every error an architecture has received, and PPO with the clipped objective updates
+the controllers with that mean (not the single trial) as the reward.
 
 The search runs in two stages. The warm-up stage searches each stream alone (stream plus a
 fixed regression head) and keeps the best few architectures per stream. The joint stage
@@ -31,7 +31,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import multiprocessing
 import os
 import platform
@@ -39,7 +38,7 @@ import random
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -50,13 +49,12 @@ import encode
 
 logger = logging.getLogger("depnas.search")
 
-STAGES = ("warmup", "joint", "final")
 # Search-stage codes that enter every derived seed, so each stage draws independent numbers.
 STAGE_CODES = {"warmup": 1, "joint": 2, "final": 3, "init": 4, "sampler": 5}
 
 
 class SearchError(RuntimeError):
-    """A search that cannot start or continue; the message says what to do."""
+    """A search that cannot start or continue; the message names the cause and the fix."""
 
 
 # ---------------------------------------------------------------------------
@@ -88,10 +86,13 @@ class Budget:
             weight_decay=self.child_weight_decay, dropout=self.child_dropout)
 
 
-# NOTE: the paper does not publish its step counts or child training settings; these are
-# chosen so that each budget fits its machine (smoke: a few minutes on two CPU cores,
-# default: about a quarter of an hour on two CPU cores with --workers 2, paper: hours on
-# one GPU with the paper's population sizes), not taken from the paper.
+# NOTE: the paper publishes neither its step counts nor its child training settings, so
+# these numbers are ours. smoke only exercises every stage (about 1-4 minutes for both
+# stages on two shared CPU cores). default is sized for about a quarter of an hour on two
+# CPU cores with --workers 2: one default warm-up step took 8 s for the AU stream and
+# 98 s for the landmark GNN (its max aggregator dominates), measured on a shared 2-core
+# machine. paper is an estimate of the full scale for one GPU, with ENAS-like controller
+# step counts and fully trained children.
 BUDGETS = {
     # Hidden: for the test suite only (not listed in --help).
     "tiny": Budget("tiny", warmup_steps=2, joint_steps=2, samples=2, ppo_epochs=2,
@@ -100,8 +101,8 @@ BUDGETS = {
     "smoke": Budget("smoke", warmup_steps=2, joint_steps=2, samples=3, ppo_epochs=2,
                     child_epochs=2, child_batch_size=32, child_lr=3e-3,
                     child_weight_decay=1e-4, child_dropout=0.1, final_seeds=2, keep=2, top=2),
-    "default": Budget("default", warmup_steps=4, joint_steps=6, samples=6, ppo_epochs=4,
-                      child_epochs=12, child_batch_size=16, child_lr=2e-3,
+    "default": Budget("default", warmup_steps=4, joint_steps=5, samples=6, ppo_epochs=4,
+                      child_epochs=8, child_batch_size=16, child_lr=3e-3,
                       child_weight_decay=1e-4, child_dropout=0.2, final_seeds=3),
     "paper": Budget("paper", warmup_steps=100, joint_steps=200, samples=8, ppo_epochs=4,
                     child_epochs=100, child_batch_size=16, child_lr=1e-3,
@@ -114,9 +115,10 @@ PUBLIC_BUDGETS = ("smoke", "default", "paper")
 class ControllerSettings:
     """Controller and PPO settings shared by every budget.
 
-    Logits are divided by ``temperature`` and squashed by ``tanh_c * tanh`` as in ENAS
-    (Pham et al. 2018, T = 5, c = 2.5), which bounds every choice's log-odds by 2c and so
-    keeps the controller exploring. ``clip`` is PPO's epsilon (0.2, Schulman et al. 2017).
+    Logits are divided by ``temperature`` and squashed by ``tanh_c * tanh``, with the
+    values common in ENAS controllers (Pham et al. 2018): T = 5, c = 2.5. The squash bounds
+    every choice's log-odds by 2c, so the controller keeps exploring. ``clip`` is PPO's
+    epsilon, 0.2 (Schulman et al. 2017).
     """
 
     hidden: int = 64                 # LSTM size of each stream controller (H)
@@ -204,9 +206,9 @@ class TokenTrie:
 class Controller(nn.Module):
     """LSTM controller that samples the decisions of one search space in order.
 
-    At every decision the LSTM cell reads the embedding of the previous choice (a learned
-    start vector, or a given input, before the first), a decoder per decision turns the
-    hidden state into logits, which are divided by the temperature, squashed by
+    At every decision the LSTM cell reads the embedding of the previous choice. Before the
+    first decision it reads a learned start vector or a given input. A decoder per decision
+    turns the hidden state into logits, which are divided by the temperature, squashed by
     ``c * tanh`` and masked (invalid choices get -inf). After the last decision the cell
     reads that choice's embedding once more, so the final state depends on every choice.
     """
@@ -226,7 +228,7 @@ class Controller(nn.Module):
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -settings.init_range, settings.init_range)
 
-    def logits(self, name: str, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def log_probabilities(self, name: str, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Return masked log-probabilities (B, choices) of decision ``name`` from hidden (B, H)."""
         raw = self.decoders[name](h) / self.settings.temperature
         squashed = self.settings.tanh_c * torch.tanh(raw)
@@ -286,7 +288,7 @@ class Controller(nn.Module):
         """Sample or score decision ``name`` for the rows ``members``."""
         decision = depnas.decision_at(self.space, prefixes[members[0]])
         mask = torch.tensor([mask_fn(row, decision, prefixes[row]) for row in members])
-        log_probs = self.logits(name, h[members], mask)
+        log_probs = self.log_probabilities(name, h[members], mask)
         if tokens is None:
             choice = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
         else:
@@ -330,9 +332,9 @@ class Policy(nn.Module):
     The joint probability of an architecture is the product of the stream controllers'
     probabilities and the fusion controller's conditional probability, so its log is the
     sum and its gradient reaches every controller. The fusion controller's hidden size is
-    the sum of the stream controllers'; its initial hidden and cell states are the
-    concatenated final states of the stream controllers and its first input is the
-    concatenated final hidden states (the stream embeddings e_m of Algorithm 1).
+    the sum of the stream controllers'. Its initial hidden and cell states are the stream
+    controllers' concatenated final states, and its first input is their concatenated
+    final hidden states (the stream embeddings e_m of Algorithm 1).
     """
 
     def __init__(self, spaces: dict[str, depnas.Space], fusion: depnas.Space | None = None,
@@ -554,7 +556,7 @@ class PolicySearch:
                 self.worst = max(self.worst or 0.0, result["val_rmse"])
             else:
                 self.tracker.fail(sample.key())
-        # NOTE: before any child succeeded, the PHQ-8 range (24 points) stands in for the worst error.
+        # NOTE: until a child succeeds, the PHQ-8 range (24 points) is used as the worst error.
         penalty = (self.worst if self.worst is not None else 24.0) + self.settings.failure_margin
         errors = []
         for sample, result in zip(samples, results):
@@ -700,6 +702,33 @@ def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, descripti
     Unlabelled training participants are left out of the search (logged). Streams the
     data lacks (landmarks in E-DAIC) are left out with a logged message.
     """
+    streams = _present_streams(encoded, requested, description)
+    labels = np.asarray(encoded.labels, dtype=np.float64)
+    splits = np.asarray(encoded.splits)
+    participants = np.asarray(encoded.participants)
+    k = int(encoded.params["k"])
+
+    train_rows = _labelled_training_rows(splits, labels, description)
+    validation = stratified_validation(labels[train_rows], VALIDATION_FRACTION, split_seed)
+    search_rows = {"search_train": np.flatnonzero(~validation), "search_val": np.flatnonzero(validation)}
+    rows = {"train": train_rows, "dev": np.flatnonzero(splits == "dev"),
+            "test": np.flatnonzero(splits == "test")}
+    names = {name: participants[index].tolist() for name, index in rows.items()}
+    names.update({name: participants[train_rows[index]].tolist() for name, index in search_rows.items()})
+
+    full = depnas.Split({s: np.asarray(encoded.features[s]) for s in streams}, labels)
+    if "landmarks" in streams:
+        landmark_heatmap(full.features["landmarks"][:1], k)      # raises on a wrong width
+    identity = zlib.crc32(json.dumps([participants.tolist(), splits.tolist(),
+                                      np.nan_to_num(labels, nan=-1).tolist()]).encode())
+    return SearchData(
+        splits={name: full.select(index) for name, index in rows.items()},
+        search_rows=search_rows, participants=names, streams=streams, k=k,
+        description=description, identity=f"{identity:08x}")
+
+
+def _present_streams(encoded, requested: tuple[str, ...], description: str) -> tuple[str, ...]:
+    """Return the requested streams that the data has; log each one it lacks."""
     streams = tuple(s for s in requested if s in encoded.features)
     for missing in sorted(set(requested) - set(streams)):
         logger.info("data has no %s features (%s); the %s stream is left out",
@@ -707,10 +736,11 @@ def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, descripti
     if not streams:
         raise SearchError(f"none of the streams {list(requested)} is in the data ({description}); "
                           f"it has {sorted(encoded.features)}")
-    labels = np.asarray(encoded.labels, dtype=np.float64)
-    splits = np.asarray(encoded.splits)
-    participants = np.asarray(encoded.participants)
+    return streams
 
+
+def _labelled_training_rows(splits: np.ndarray, labels: np.ndarray, description: str) -> np.ndarray:
+    """Return the rows of labelled training participants; log how many have no score."""
     train_rows = np.flatnonzero((splits == "train") & np.isfinite(labels))
     unlabelled = int(np.sum((splits == "train") & ~np.isfinite(labels)))
     if unlabelled:
@@ -718,21 +748,7 @@ def prepare_data(encoded, requested: tuple[str, ...], split_seed: int, descripti
     if len(train_rows) < 8:
         raise SearchError(f"only {len(train_rows)} labelled training participants in {description}; "
                           f"the search needs at least 8")
-    validation = stratified_validation(labels[train_rows], VALIDATION_FRACTION, split_seed)
-    search_rows = {"search_train": np.flatnonzero(~validation), "search_val": np.flatnonzero(validation)}
-    rows = {"train": train_rows, "dev": np.flatnonzero(splits == "dev"),
-            "test": np.flatnonzero(splits == "test")}
-    full = depnas.Split({s: np.asarray(encoded.features[s]) for s in streams}, labels)
-    if "landmarks" in streams:
-        landmark_heatmap(full.features["landmarks"][:1], int(encoded.params["k"]))  # checks the width
-    names = {name: participants[index].tolist() for name, index in rows.items()}
-    names.update({name: participants[train_rows[index]].tolist() for name, index in search_rows.items()})
-    identity = zlib.crc32(json.dumps([participants.tolist(), splits.tolist(),
-                                      np.nan_to_num(labels, nan=-1).tolist()]).encode())
-    return SearchData(
-        splits={name: full.select(index) for name, index in rows.items()},
-        search_rows=search_rows, participants=names, streams=streams,
-        k=int(encoded.params["k"]), description=description, identity=f"{identity:08x}")
+    return train_rows
 
 
 def split_view(split: depnas.Split, features: dict[str, str], k: int, rows=None) -> depnas.Split:
@@ -941,6 +957,11 @@ class Progress:
     def __init__(self, total: int, done: int = 0):
         self.total, self.done, self.start, self.started = total, done, time.perf_counter(), done
 
+    def skip(self, units: int) -> None:
+        """Count units finished before this process started (they do not enter the rate)."""
+        self.done += units
+        self.started += units
+
     def advance(self) -> str:
         """Count one finished unit; return ``i/total, ~time left``."""
         self.done += 1
@@ -978,9 +999,6 @@ class SearchRun:
                  "search": None, "warmup_done": [], "joint_done": False, "final": {},
                  "history": [], "rng": None}
         if self.config.resume:
-            if not os.path.exists(path):
-                raise SearchError(f"--resume given but {path} does not exist; "
-                                  f"run without --resume to start the search")
             state = load_checkpoint(path)
             check_fingerprint(state["fingerprint"], self.fingerprint, path)
             logger.info("resuming from %s (stage %s, %d children trained so far)",
@@ -1013,12 +1031,13 @@ class SearchRun:
 
     # -- one PPO search (a warm-up stream or the joint stage) ---------------
 
-    def _run_search(self, stage: str, stream: str, policy: Policy, steps: int) -> PolicySearch:
+    def _run_search(self, stage: str, stream: str, policy: Policy, steps: int,
+                    progress: Progress) -> PolicySearch:
         """Run (or continue) the PPO steps of one search; return the finished search."""
         search = PolicySearch(policy, self.sampler, self.budget.samples, self.budget.ppo_epochs,
                               self.config.reward)
         self._start_or_resume(search, stage, stream)
-        progress = Progress(steps, search.steps_done)
+        progress.skip(search.steps_done)
         while search.steps_done < steps:
             start = time.perf_counter()
             step = search.steps_done
@@ -1101,12 +1120,15 @@ class SearchRun:
     def run_warmup(self) -> None:
         """Search each stream alone and keep its best architectures (warmup/<stream>.json)."""
         os.makedirs(os.path.join(self.out, "warmup"), exist_ok=True)
-        for stream in self.warmup_streams():
+        streams = self.warmup_streams()
+        progress = Progress(len(streams) * self.budget.warmup_steps)
+        for stream in streams:
             if stream in self.state["warmup_done"]:
                 logger.info("warmup | %s | already finished", stream)
+                progress.skip(self.budget.warmup_steps)
                 continue
             policy = self._new_policy({stream: search_space(stream)}, None, "warmup", stream)
-            search = self._run_search("warmup", stream, policy, self.budget.warmup_steps)
+            search = self._run_search("warmup", stream, policy, self.budget.warmup_steps, progress)
             self._save_warmup(stream, search)
             self.state["warmup_done"].append(stream)
             self.state["search"] = None
@@ -1167,7 +1189,8 @@ class SearchRun:
             policy.streams[stream].load_state_dict(torch.load(path, weights_only=True))
             policy.restrict(stream, [tuple(k["tokens"]) for k in warmup["kept"]])
         if not self.state["joint_done"]:
-            search = self._run_search("joint", "joint", policy, self.budget.joint_steps)
+            progress = Progress(self.budget.joint_steps)
+            search = self._run_search("joint", "joint", policy, self.budget.joint_steps, progress)
             self._save_top(search, policy)
             self.state.update(joint_done=True, search=None, stage="final")
             self.checkpoint()
@@ -1264,7 +1287,7 @@ class SearchRun:
         return depnas.rmse(predictions, labels[labelled]), depnas.mae(predictions, labels[labelled])
 
     def run(self) -> None:
-        """Run the stages the configuration asks for."""
+        """Run the stages that the configuration requests."""
         if self.config.stage in ("warmup", "all"):
             self.run_warmup()
         if self.config.stage in ("joint", "all"):
@@ -1538,16 +1561,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Search a multi-stream CNN/GNN depression model with per-stream LSTM "
                     "controllers, PPO and the motion-average reward.")
+
     parser.add_argument("--stage", choices=("warmup", "joint", "all"), default="all",
                         help="warmup: search each stream alone; joint: joint search then the "
                              "final stage (needs the warm-up in --out); all: both (default: all)")
     parser.add_argument("--data", metavar="DIR", default=None,
                         help="DAIC-WOZ or E-DAIC root directory (default: the synthetic cohort)")
-    parser.add_argument("--budget", choices=tuple(BUDGETS), default="smoke",
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="default",
                         metavar="{" + ",".join(PUBLIC_BUDGETS) + "}",
-                        help="search size: smoke (minutes on 2 CPU cores), default (about a "
-                             "quarter hour on 2 CPU cores with --workers 2), paper (one GPU, "
-                             "hours) (default: smoke)")
+                        help="search size: smoke (a few minutes on 2 CPU cores, checks that "
+                             "everything runs), default (about a quarter hour on 2 CPU cores "
+                             "with --workers 2), paper (full scale for one GPU, many hours) "
+                             "(default: default)")
+
     parser.add_argument("--seed", type=int, default=0,
                         help="run seed, a non-negative integer (default: 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -1558,6 +1584,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="run directory (default: runs/<data>-<budget>-seed<seed>, plus "
                              "-single for --reward single and the streams when not all four)")
+
     parser.add_argument("--resume", action="store_true",
                         help="continue from DIR/checkpoint.pt (default: start again)")
     parser.add_argument("--reward", choices=("motion", "single"), default="motion",
@@ -1566,6 +1593,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--streams", default=",".join(encode.ATTRIBUTES),
                         help="comma-separated streams out of au,gaze,pose,landmarks "
                              "(default: all four)")
+
     parser.add_argument("--align", choices=("select", "resample"), default="select",
                         help="spectral frequency alignment (default: select)")
     parser.add_argument("--on-bad-session", choices=("error", "skip"), default="error",

@@ -8,12 +8,12 @@ with the ``smoke`` budget) in subprocesses. Run with ``python -m pytest test_sea
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -318,6 +318,45 @@ def test_stratified_validation_covers_range():
     assert labels[mask].min() <= 1.0
     assert labels[mask].max() >= 18.0
     assert np.array_equal(mask, search.stratified_validation(labels, 0.25, seed=3))
+
+
+def fake_encoded(with_landmarks: bool, k: int = 4):
+    """Return an encoded-cohort stand-in: 40 participants, 24 of them training, one unlabelled."""
+    rng = np.random.default_rng(0)
+    count = 40
+    features = {"au": rng.normal(size=(count, 6, k)), "gaze": rng.normal(size=(count, 4, k))}
+    if with_landmarks:
+        features["landmarks"] = rng.normal(size=(count, 68, 4 * k))
+    labels = rng.integers(0, 25, size=count).astype(float)
+    labels[3] = np.nan
+    splits = ["train"] * 24 + ["dev"] * 8 + ["test"] * 8
+    return types.SimpleNamespace(participants=[str(300 + i) for i in range(count)],
+                                 features=features, labels=labels, splits=splits,
+                                 params={"k": k})
+
+
+def test_prepare_data_without_landmarks(caplog):
+    with caplog.at_level("INFO", logger="depnas.search"):
+        data = search.prepare_data(fake_encoded(False), ("au", "landmarks"), 0, "no-landmark data")
+    assert data.streams == ("au",)
+    assert "no landmarks features" in caplog.text
+
+
+def test_prepare_data_search_parts():
+    data = search.prepare_data(fake_encoded(True), ("au", "gaze", "landmarks"), 0, "fake")
+    assert "303" not in data.participants["train"]
+    assert len(data.participants["train"]) == 23
+    parts = data.participants["search_train"] + data.participants["search_val"]
+    assert sorted(parts) == sorted(data.participants["train"])
+    assert len(data.participants["search_val"]) == round(23 * search.VALIDATION_FRACTION)
+
+
+def test_split_view_builds_heatmap():
+    data = search.prepare_data(fake_encoded(True), ("au", "landmarks"), 0, "fake")
+    view = search.split_view(data.splits["dev"], {"au": "landmarks_heatmap"}, data.k, rows=[0, 2])
+    expected = search.landmark_heatmap(data.splits["dev"].features["landmarks"][[0, 2]], data.k)
+    assert np.array_equal(view.features["au"], expected)
+    assert np.array_equal(view.labels, data.splits["dev"].labels[[0, 2]])
 
 
 def test_derive_seed_depends_on_every_label():
