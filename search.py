@@ -1183,14 +1183,15 @@ class SearchRun:
         """Search streams and fusion together, each stream restricted to its kept architectures."""
         warmups = {s: self.load_warmup(s) for s in self.data.streams}
         spaces = {s: search_space(s) for s in self.data.streams}
-        policy = self._new_policy(spaces, depnas.fusion_space(self.data.streams), "joint", "joint")
+        label = "+".join(self.data.streams)      # the history's stream column for joint rows
+        policy = self._new_policy(spaces, depnas.fusion_space(self.data.streams), "joint", label)
         for stream, warmup in warmups.items():
             path = os.path.join(self.out, warmup["controller"])
             policy.streams[stream].load_state_dict(torch.load(path, weights_only=True))
             policy.restrict(stream, [tuple(k["tokens"]) for k in warmup["kept"]])
         if not self.state["joint_done"]:
             progress = Progress(self.budget.joint_steps)
-            search = self._run_search("joint", "joint", policy, self.budget.joint_steps, progress)
+            search = self._run_search("joint", label, policy, self.budget.joint_steps, progress)
             self._save_top(search, policy)
             self.state.update(joint_done=True, search=None, stage="final")
             self.checkpoint()
