@@ -8,8 +8,8 @@ exactly as the reader does. ``write_daic`` writes the same tables in the DAIC-WO
 files), so reading the written folder gives back the in-memory cohort.
 
 Cohort. The default 189 participants have the DAIC-WOZ ids (300-492 without 342, 394,
-398 and 460) and splits of 107 train / 35 dev / 47 test like AVEC 2016, assigned by score
-so that each split has a similar label spread. PHQ-8 totals come from a mixture of a
+398 and 460). Splits of 107 train / 35 dev / 47 test like AVEC 2016 are assigned by
+score, so that each split has a similar label spread. PHQ-8 totals come from a mixture of a
 low-score gamma and a high-score normal component (mean 6.9, standard deviation 5.9,
 30 % of scores at least 10), and eight item scores of 0-3 that sum to the total.
 
@@ -29,7 +29,7 @@ Simulation per session (camera coordinates: X right, Y down, Z away from the cam
 - tracking: confidence with low-confidence stretches (0.55-0.78) and failed stretches
   (success 0, about 3-6 % of frames, values are the true values plus large errors, as a
   lost tracker writes), jitter that grows as confidence drops, and in about one session
-  in ten a few failed frames with ``-1.#IND`` tokens.
+  in ten a few failed frames with ``-1.#IND`` tokens in the gaze and pose files.
 
 Planted signal. Severity ``z = (PHQ-8 - 6.9) / 5.9``. A shared latent
 ``v = z + e0`` with ``e0 ~ N(0, 0.70^2)`` is the label noise (4.1 PHQ-8 points): the
@@ -63,9 +63,9 @@ face less (expressivity scales brow and other AU events), raise their brows less
 more, blink more often and more slowly, nod less often and less deeply, move their head
 more slowly and less (``head_speed`` divides the sway time constant), look down more
 often and make fewer saccades. Rates and speeds show only in the spectrum (the reader
-removes medians). Landmarks see three groups, AUs the strongest group, gaze one weak
-group (and some head motion, because camera-coordinate gaze turns with the head), so
-fusion helps and gaze is the least informative. Nuisance outside the table: face shape,
+removes medians). Landmarks see three groups, AUs the group with the least group
+noise, gaze one weak group (and some head motion, because camera-coordinate gaze turns
+with the head), so fusion helps and gaze is the least informative. Nuisance outside the table: face shape,
 size and position, camera distance, AU detector gain and offset, speech, tracking noise
 and failures.
 
@@ -91,6 +91,7 @@ import argparse
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,7 +178,11 @@ def _columns(kind: str) -> list[str]:
 
 
 def _decimals(kind: str) -> np.ndarray:
-    """Return the written decimals per column of one file kind (0 means an integer)."""
+    """Return the written decimals per column of one file kind (0 means an integer).
+
+    NOTE: the CLM-era tracker behind DAIC-WOZ wrote C++ stream defaults (about six
+    significant digits); these files use fixed decimals per column group instead.
+    """
     body = {
         "AUs": [4] * len(AU_R) + [0] * len(AU_C),
         "features": [3] * 136,
@@ -193,13 +198,14 @@ class SyntheticCohort(encode.Cohort):
     """A cohort with the raw tables and the latent parameters the generator used.
 
     ``tables`` maps participant -> CLNF file kind -> raw table (failed and low-confidence
-    frames included, values rounded to the written precision). ``latent`` maps
+    frames included, values rounded to the written precision); it is a ``SessionTables``
+    mapping that regenerates a participant's tables on access. ``latent`` maps
     participant -> severity, group latents and behaviour parameters. ``noise_sd`` is the
     label noise in PHQ-8 points (``LABEL_NOISE_SD`` times the prior standard deviation).
     ``items`` and ``gender`` are what the split files record.
     """
 
-    tables: dict[str, dict[str, encode.Table]] = field(default_factory=dict)
+    tables: Mapping[str, dict[str, encode.Table]] = field(default_factory=dict)
     latent: dict[str, dict[str, float]] = field(default_factory=dict)
     noise_sd: float = 0.0
     items: dict[str, list[int]] = field(default_factory=dict)
@@ -685,7 +691,7 @@ def measure_actions(rng: np.random.Generator, actions: dict[str, np.ndarray], ji
 def corrupt_failed(rng: np.random.Generator, body: dict[str, np.ndarray], failed: np.ndarray,
                    fps: float) -> None:
     """Overwrite failed frames in place with what a lost tracker writes: drifting, noisy,
-    non-zero values; in about one session in ten, a few rows of ``-1.#IND`` (NaN)."""
+    non-zero values. In about one session in ten, a few rows become ``-1.#IND`` (NaN)."""
     n_frames, n_failed = len(failed), int(failed.sum())
     if n_failed == 0:
         return
@@ -756,27 +762,60 @@ def session_tables(participant: str, body: dict[str, np.ndarray]) -> dict[str, e
 # The cohort
 # ---------------------------------------------------------------------------
 
+class SessionTables(Mapping):
+    """Participant -> raw CLNF tables, simulated again from the seed on each access.
+
+    Every participant has its own generator, so a second simulation gives the same values.
+    Holding only the most recent participant's tables keeps memory small: the default
+    cohort's raw tables take about 2 GB as float64, the real-length cohort's about 20 GB.
+    """
+
+    def __init__(self, seed: int, ids: list[str], latent: dict[str, dict[str, float]],
+                 seconds: tuple[float, float], fps: float):
+        self.seed, self.ids, self.latent, self.seconds, self.fps = seed, ids, latent, seconds, fps
+        self._index = {pid: i for i, pid in enumerate(ids)}
+        self._last: tuple[str, dict[str, encode.Table]] | None = None
+
+    def __getitem__(self, participant: str) -> dict[str, encode.Table]:
+        if self._last is not None and self._last[0] == participant:
+            return self._last[1]
+        if participant not in self._index:
+            raise KeyError(participant)
+        rng = _generator(self.seed, 0, self._index[participant], 1)
+        n_frames = int(round(rng.uniform(*self.seconds) * self.fps))
+        body = simulate_session(rng, self.latent[participant], n_frames, self.fps)
+        self._last = (participant, session_tables(participant, body))
+        return self._last[1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def make_cohort(seed: int = 0, n_participants: int = 189, duration: tuple[float, float] = (60.0, 180.0),
                 real_length: bool = False, fps: float = 30.0) -> SyntheticCohort:
     """Simulate a cohort in memory; sessions are cleaned with ``encode.build_session``.
 
     ``duration`` is the range of session lengths in seconds, drawn uniformly;
     ``real_length`` replaces it with the DAIC-WOZ range of 7-33 minutes.
+
+    NOTE: the cleaned sessions stay in memory as float64: about 0.8 GB for the default
+    cohort and an estimated 9 GB with ``real_length``. Raw tables are simulated again on
+    access (see ``SessionTables``).
     """
-    low, high = REAL_LENGTH_S if real_length else duration
-    if not 0.0 < low <= high:
+    seconds = REAL_LENGTH_S if real_length else tuple(duration)
+    if not 0.0 < seconds[0] <= seconds[1]:
         raise ValueError(f"duration={duration!r} is invalid: give (min_s, max_s) with 0 < min_s <= max_s")
     drawn = draw_labels(seed, n_participants)
+    tables = SessionTables(seed, drawn["ids"], drawn["latent"], seconds, fps)
+
     source = f"synthetic cohort, seed {seed}"
-
-    tables, sessions = {}, {}
-    for index, pid in enumerate(drawn["ids"]):
-        rng = _generator(seed, 0, index, 1)
-        n_frames = int(round(rng.uniform(low, high) * fps))
-        body = simulate_session(rng, drawn["latent"][pid], n_frames, fps)
-        tables[pid] = session_tables(pid, body)
-        sessions[pid] = encode.build_session(pid, tables[pid], source)
-
+    start = time.perf_counter()
+    sessions = {pid: encode.build_session(pid, tables[pid], source) for pid in drawn["ids"]}
+    logger.info("simulated %d sessions (%d frames kept) in %.1f s", len(sessions),
+                sum(s.frames_kept for s in sessions.values()), time.perf_counter() - start)
     return SyntheticCohort(
         sessions=sessions, labels=drawn["labels"], splits=drawn["splits"], root=None,
         tables=tables, latent=drawn["latent"], noise_sd=LABEL_NOISE_SD * PRIOR_SD,
@@ -826,8 +865,8 @@ def format_rows(values: np.ndarray, decimals: np.ndarray) -> bytes:
 
     Column c gets ``decimals[c]`` digits after the point (0 writes an integer); NaN is
     written as ``-1.#IND``. Each number is laid out right-aligned in a fixed-width byte
-    cell, digit position by digit position over whole column groups; unused bytes are
-    zero and are squeezed out at the end. This is much faster than formatting every
+    cell, one digit position at a time over whole column groups. Unused bytes stay zero
+    and are squeezed out at the end. This is several times faster than formatting every
     number in Python. Values must fit in 18 digits.
     """
     rows, columns = values.shape
@@ -943,11 +982,17 @@ def write_daic(cohort: SyntheticCohort, root: str) -> None:
     """Write the cohort in the DAIC-WOZ layout: ``root/NNN_P/NNN_CLNF_<kind>.txt`` for the
     five CLNF kinds, plus the AVEC 2017 split files."""
     os.makedirs(root, exist_ok=True)
-    for pid in sorted(cohort.tables, key=int):
+    ids = sorted(cohort.tables, key=int)
+    start = time.perf_counter()
+    for done, pid in enumerate(ids, start=1):
         folder = os.path.join(root, f"{pid}_P")
         os.makedirs(folder, exist_ok=True)
         for kind, table in cohort.tables[pid].items():
             write_table(table, _decimals(kind), os.path.join(folder, f"{pid}_CLNF_{kind}.txt"))
+        if done % 20 == 0 or done == len(ids):
+            elapsed = time.perf_counter() - start
+            logger.info("wrote %d/%d sessions | %.1f s elapsed | about %.0f s left", done,
+                        len(ids), elapsed, elapsed / done * (len(ids) - done))
     write_split_files(cohort, root)
 
 
@@ -976,14 +1021,15 @@ def summary(cohort: SyntheticCohort) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the synthetic DAIC-WOZ cohort.")
-    parser.add_argument("--out", required=True, help="folder to write the cohort into")
+    parser.add_argument("--out", required=True,
+                        help="folder to write the cohort into (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--participants", type=int, default=189,
                         help="number of participants (default 189, the DAIC-WOZ ids)")
     parser.add_argument("--real-length", action="store_true",
                         help="sessions of 7-33 minutes like DAIC-WOZ instead of 1-3 minutes")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     start = time.perf_counter()
     cohort = make_cohort(seed=args.seed, n_participants=args.participants,
