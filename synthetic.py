@@ -16,8 +16,8 @@ low-score gamma and a high-score normal component (mean 6.9, standard deviation 
 Simulation per session (camera coordinates: X right, Y down, Z away from the camera):
 
 - action units: smiles (AU06 + AU12), brow raises (AU01 + AU02), frowns (AU04), speech
-  (AU25, AU26 driven by talk turns and a 3-5 Hz syllable rhythm), other AUs as nuisance
-  events; measured with a per-participant gain, offset and noise;
+  (AU25, AU26 driven by talk turns and a 3-5 Hz syllable rhythm), and other AUs as
+  nuisance events. The detector output adds a per-participant gain, offset and noise;
 - blinks: eyelid closure events, visible in the eyelid landmarks and ``AU45_c``;
 - head pose: slow drift, smooth sway (its time constant sets the speed), nods (pitch
   oscillations) and yaw turns;
@@ -422,7 +422,7 @@ def identity_face(rng: np.random.Generator) -> np.ndarray:
     ]
     coefficients = rng.standard_normal(len(modes))
     face = face + np.tensordot(coefficients, np.stack(modes), axes=1)
-    face = face + 0.8 * rng.standard_normal(face.shape)
+    face = face + 0.5 * rng.standard_normal(face.shape)
     return face * rng.normal(1.0, 0.06)
 
 

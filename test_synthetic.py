@@ -56,13 +56,13 @@ def test_round_trip_labels_and_splits(small):
 def test_round_trip_sessions(small):
     cohort, read, _ = small
     assert sorted(read.sessions) == sorted(cohort.sessions)
-    for pid, made in cohort.sessions.items():
+    for pid, in_memory in cohort.sessions.items():
         back = read.sessions[pid]
-        assert back.channels == made.channels, pid
-        assert back.frames_kept == made.frames_kept, pid
-        assert back.frames_dropped == made.frames_dropped, pid
-        assert back.drop_reasons == made.drop_reasons, pid
-        for attr, values in made.attributes.items():
+        assert back.channels == in_memory.channels, pid
+        assert back.frames_kept == in_memory.frames_kept, pid
+        assert back.frames_dropped == in_memory.frames_dropped, pid
+        assert back.drop_reasons == in_memory.drop_reasons, pid
+        for attr, values in in_memory.attributes.items():
             assert np.array_equal(back.attributes[attr], values), (pid, attr)
 
 
