@@ -1645,10 +1645,12 @@ def make_config(args: argparse.Namespace) -> Config:
                   streams=streams, align=args.align, on_bad_session=args.on_bad_session)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s | %(message)s"
+
+
 def setup_logging(out: str) -> list[logging.Handler]:
     """Log INFO and above to the console and to <out>/log.txt (appended); return the handlers."""
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s | %(message)s",
-                                  datefmt="%H:%M:%S")
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S")
     handlers = [logging.StreamHandler(sys.stderr),
                 logging.FileHandler(os.path.join(out, "log.txt"), encoding="utf-8")]
     root = logging.getLogger()
@@ -1662,8 +1664,7 @@ def setup_logging(out: str) -> list[logging.Handler]:
 def load_data(config: Config) -> SearchData:
     """Load and encode the cohort (cached by encode.load_encoded), then build the splits."""
     start = time.perf_counter()
-    encoded = encode.load_encoded(config.data, align=config.align,
-                                  on_bad_session=config.on_bad_session)
+    encoded = load_encoded_isolated(config)
     if not len(encoded.participants):
         raise SearchError(f"no sessions found in {config.data}; give a DAIC-WOZ or E-DAIC root")
     description = "synthetic cohort" if config.data is None else config.data
@@ -1671,6 +1672,33 @@ def load_data(config: Config) -> SearchData:
     logger.info("data | %s | %d participants | streams %s | %.1f s", description,
                 len(encoded.participants), ",".join(data.streams), time.perf_counter() - start)
     return data
+
+
+def load_encoded_isolated(config: Config):
+    """Run encode.load_encoded in a short-lived process and return its encoded cohort.
+
+    Building and encoding the synthetic cohort peaks at about 1 GB, which the allocator
+    keeps after it is freed. In a process of its own that memory returns to the system
+    when the process exits, so the search (and every worker it starts) stays small.
+    """
+    context = multiprocessing.get_context("spawn")
+    log_path = os.path.join(config.out, "log.txt")
+    with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=context, initializer=_log_to_run, initargs=(log_path,)) as pool:
+        future = pool.submit(encode.load_encoded, config.data, align=config.align,
+                             on_bad_session=config.on_bad_session)
+        return future.result()
+
+
+def _log_to_run(log_path: str) -> None:
+    """Send this process's log records to the console and the run's log.txt, as the parent does."""
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr),
+                    logging.FileHandler(log_path, encoding="utf-8")):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
 
 
 def write_config(config: Config, budget: Budget, data: SearchData, argv: list[str]) -> None:
