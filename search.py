@@ -36,6 +36,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -779,6 +780,22 @@ def _init_worker(data: SearchData, device: str) -> None:
     _WORKER["device"] = device
 
 
+def _exit_with_parent() -> None:
+    """Exit this worker process once its parent is gone (a killed search leaves no workers)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _init_pool_worker(data: SearchData, device: str) -> None:
+    _exit_with_parent()
+    _init_worker(data, device)
+
+
 def run_job(job: dict) -> dict:
     """Train one child (``kind`` "child") or one final-stage model (``kind`` "fit")."""
     data, device = _WORKER["data"], _WORKER["device"]
@@ -824,7 +841,7 @@ class ChildRunner:
         if workers > 1:
             self.pool = concurrent.futures.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(data, device))
+                initializer=_init_pool_worker, initargs=(data, device))
         else:
             _init_worker(data, device)
 
@@ -1693,6 +1710,7 @@ def load_encoded_isolated(config: Config):
 
 def _log_to_run(log_path: str) -> None:
     """Send this process's log records to the console and the run's log.txt, as the parent does."""
+    _exit_with_parent()
     formatter = logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
