@@ -1256,8 +1256,12 @@ class SearchRun:
             self.state["stage"] = "final"
             self.checkpoint()
             dev = self._metrics(result, "dev")
+            if not result["ok"]:
+                logger.warning("final | %s | seed %d | fit failed: %s | %s", job["id"], job["seed"],
+                               result["reason"], progress.advance())
+                continue
             logger.info("final | %s | seed %d | dev RMSE %s | %.1f s | %s", job["id"], job["seed"],
-                        f"{dev[0]:.3f}" if dev else result.get("reason") or "n/a",
+                        f"{dev[0]:.3f}" if dev else "n/a (no labelled dev participants)",
                         result["seconds"], progress.advance())
         write_report(self, jobs)
         self.state["stage"] = "done"
