@@ -32,7 +32,7 @@ Simulation per session (camera coordinates: X right, Y down, Z away from the cam
   in ten a few failed frames with ``-1.#IND`` tokens in the gaze and pose files.
 
 Planted signal. Severity ``z = (PHQ-8 - 6.9) / 5.9``. A shared latent
-``v = z + e0`` with ``e0 ~ N(0, 0.70^2)`` is the label noise (4.1 PHQ-8 points): the
+``v = z + e0`` with ``e0 ~ N(0, 0.45^2)`` is the label noise (2.7 PHQ-8 points): the
 questionnaire and behaviour disagree by that much, so no predictor reaches RMSE 0. Each
 behaviour group g sees ``v_g = v + e_g`` (its own nuisance noise), and each parameter is
 ``base * (1 + 0.75 * tanh(u / 0.75))`` with ``u = loading * v_g + nuisance * eta`` and
@@ -43,19 +43,19 @@ of its base.
 ======================  ===========  =========  =========  ============  ===========  ================
 parameter               group        base       loading    nuisance sd   group noise  seen in
 ======================  ===========  =========  =========  ============  ===========  ================
-smile_rate              expression   2.5 /min   -0.70      0.30          0.45         au, landmarks
-smile_intensity         expression   2.0 AU12   -0.45      0.20          0.45         au, landmarks
-expressivity            expression   1.0        -0.60      0.15          0.45         au, landmarks
-brow_rate               expression   4.0 /min   -0.45      0.30          0.45         au, landmarks
-frown_rate              expression   1.0 /min   +0.30      0.35          0.45         au, landmarks
-blink_rate              blink        16 /min    +0.50      0.30          0.60         landmarks
-blink_duration          blink        0.25 s     +0.30      0.15          0.60         landmarks
-nod_rate                head         4.0 /min   -0.50      0.30          0.60         pose, landmarks
-nod_amplitude           head         0.05 rad   -0.40      0.25          0.60         pose, landmarks
-head_speed              head         1.0        -0.35      0.20          0.60         pose, landmarks
-head_sway               head         0.03 rad   -0.40      0.25          0.60         pose, landmarks
-down_glance_rate        gaze         2.0 /min   +0.35      0.35          1.00         gaze
-saccade_rate            gaze         1.5 /s     -0.20      0.20          1.00         gaze
+smile_rate              expression   2.5 /min   -0.70      0.30          0.30         au, landmarks
+smile_intensity         expression   2.0 AU12   -0.45      0.20          0.30         au, landmarks
+expressivity            expression   1.0        -0.60      0.15          0.30         au, landmarks
+brow_rate               expression   4.0 /min   -0.45      0.30          0.30         au, landmarks
+frown_rate              expression   1.0 /min   +0.30      0.35          0.30         au, landmarks
+blink_rate              blink        16 /min    +0.50      0.30          0.45         landmarks
+blink_duration          blink        0.25 s     +0.30      0.15          0.45         landmarks
+nod_rate                head         4.0 /min   -0.50      0.30          0.45         pose, landmarks
+nod_amplitude           head         0.05 rad   -0.40      0.25          0.45         pose, landmarks
+head_speed              head         1.0        -0.35      0.20          0.45         pose, landmarks
+head_sway               head         0.03 rad   -0.40      0.25          0.45         pose, landmarks
+down_glance_rate        gaze         2.0 /min   +0.60      0.35          0.70         gaze
+saccade_rate            gaze         1.5 /s     -0.40      0.20          0.70         gaze
 ======================  ===========  =========  =========  ============  ===========  ================
 
 Directions: with higher severity people smile less often and less intensely, move their
@@ -120,11 +120,11 @@ ITEM_NAMES = ("NoInterest", "Depressed", "Sleep", "Tired", "Appetite", "Failure"
 ITEM_WEIGHTS = np.array([1.0, 1.0, 1.4, 1.6, 1.0, 1.0, 1.1, 0.6])
 
 # Label noise e0 and per-group nuisance noise e_g, in standard deviations of severity.
-LABEL_NOISE_SD = 0.70
+LABEL_NOISE_SD = 0.45
 # Relative effects are squashed smoothly into +-BOUND of the base value, so that no
 # simulated person behaves implausibly.
 BOUND = 0.75
-GROUP_NOISE_SD = {"expression": 0.45, "blink": 0.60, "head": 0.60, "gaze": 1.00}
+GROUP_NOISE_SD = {"expression": 0.30, "blink": 0.45, "head": 0.45, "gaze": 0.70}
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,8 @@ BEHAVIOURS = (
     Behaviour("nod_amplitude", "head", 0.05, -0.40, 0.25),
     Behaviour("head_speed", "head", 1.0, -0.35, 0.20),
     Behaviour("head_sway", "head", 0.03, -0.40, 0.25),
-    Behaviour("down_glance_rate", "gaze", 2.0, 0.35, 0.35),
-    Behaviour("saccade_rate", "gaze", 1.5, -0.20, 0.20),
+    Behaviour("down_glance_rate", "gaze", 2.0, 0.60, 0.35),
+    Behaviour("saccade_rate", "gaze", 1.5, -0.40, 0.20),
 )
 
 META_COLUMNS = ["frame", "timestamp", "confidence", "success"]
