@@ -225,6 +225,64 @@ def test_layer_gradcheck(attention, aggregator):
     assert torch.autograd.gradcheck(call, (x, *parameters))
 
 
+# ---------------------------------------------------------------------------
+# Edge form against the dense (B, heads, N, N, H) formulas
+# ---------------------------------------------------------------------------
+
+def random_graph(nodes=12, density=0.3, seed=1):
+    """Return a random directed (N, N) float64 adjacency without self-loops."""
+    generator = torch.Generator().manual_seed(seed)
+    adjacency = (torch.rand(nodes, nodes, generator=generator) < density).double()
+    return adjacency.fill_diagonal_(0.0)
+
+
+def dense_projection(layer, x):
+    """Return the per-head projections z (B, heads, N, H) of the layer."""
+    batch, nodes, _ = x.shape
+    return (x @ layer.lin.weight.T).view(batch, nodes, layer.heads, -1).transpose(1, 2)
+
+
+@pytest.mark.parametrize("attention", gnn.ATTENTIONS)
+def test_max_matches_dense_formula(attention):
+    layer = make_layer(attention, "max", heads=3, in_features=5, hidden=6)
+    adjacency = random_graph()
+    x = torch.randn(2, 12, 5, dtype=torch.float64)
+    mask = (adjacency != 0) | torch.eye(12, dtype=torch.bool)
+    messages = layer.attention(x, adjacency)[..., None] * dense_projection(layer, x)[:, :, None]
+    messages = messages.masked_fill(~mask[:, :, None], float("-inf"))   # (B, heads, N, N, H)
+    top_two = messages.topk(2, dim=3).values
+    assert bool((top_two[:, :, :, 0] > top_two[:, :, :, 1]).all())      # no ties
+    expected = messages.amax(dim=3).permute(0, 2, 1, 3).flatten(2) + layer.bias
+    torch.testing.assert_close(layer(x, adjacency), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_general_scores_match_dense_formula():
+    layer = make_layer("generalized-linear", "sum", heads=3, in_features=5, hidden=6)
+    adjacency = random_graph()
+    x = torch.randn(2, 12, 5, dtype=torch.float64)
+    mask = (adjacency != 0) | torch.eye(12, dtype=torch.bool)
+    z = dense_projection(layer, x)
+    target = z * layer.att_target[:, None, :]
+    source = z * layer.att_source[:, None, :]
+    pair = torch.tanh(target[:, :, :, None, :] + source[:, :, None, :, :])   # (B, heads, N, N, H)
+    scores = torch.einsum("bkijh,kh->bkij", pair, layer.att_general)
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    torch.testing.assert_close(layer.attention(x, adjacency), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["gat", "generalized-linear"])
+def test_max_deterministic_mode_repeats(attention):
+    layer = make_layer(attention, "max")
+    x = torch.randn(2, SMALL_NODES, 3, dtype=torch.float64, requires_grad=True)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad(layer(x, small_adjacency()).sum(), x)[0] for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(runs[0], runs[1])
+
+
 @pytest.mark.parametrize("attention", gnn.ATTENTIONS)
 def test_layer_parameters_all_used(attention):
     layer = make_layer(attention, "sum")
