@@ -772,7 +772,8 @@ class NonFiniteLossError(ArithmeticError):
     """The training loss became NaN or infinite."""
 
     def __init__(self, value: float, epoch: int, curve: list[float]):
-        super().__init__(f"loss became {value} at epoch {epoch}")
+        super().__init__(f"loss became {value} at epoch {epoch}; lower the learning rate "
+                         f"or raise weight_decay in the child budget")
         self.curve = curve
 
 
@@ -1007,7 +1008,8 @@ def train_child(arch: dict, data: tuple[Split, Split], seed: int,
     result["epochs"] = len(result["curve"])
     result["seconds"] = time.perf_counter() - start
     if not result["ok"]:
-        logger.warning("child failed | seed %s | %s | arch %r", seed, result["reason"], arch)
+        # The caller logs the failure with its own context (stage, stream, step).
+        logger.debug("child failed | seed %s | %s | arch %r", seed, result["reason"], arch)
     return result
 
 

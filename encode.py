@@ -1106,8 +1106,13 @@ def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: st
             skipped[participant] = str(err)
 
     participants = list(rows)
-    features = {a: np.stack([rows[p][a] for p in participants]) if participants
-                else np.zeros((0,)) for a in attributes}  # (P, 2C, K) or (P, 68, 2DK)
+    if not participants:
+        first = next(iter(skipped.items()), ("-", "-"))
+        raise DataError(f"{cohort.root or 'cohort'}: all {len(skipped)} sessions were skipped "
+                        f"(first: participant {first[0]}: {first[1]}); fix those sessions or "
+                        f"lower min_confidence")
+    features = {a: np.stack([rows[p][a] for p in participants])
+                for a in attributes}  # (P, 2C, K) or (P, 68, 2DK)
     labels = np.array([np.nan if cohort.labels.get(p) is None else cohort.labels[p]
                        for p in participants], dtype=np.float64)
     params = dict(k=k, resolution=resolution, align=align, root=cohort.root)

@@ -279,7 +279,7 @@ class GraphConv(nn.Module):
             scale = adjacency.sum(dim=1).rsqrt()               # (N,) 1 / sqrt(d_i)
             return scale[:, None] * adjacency * scale[None, :]
 
-        # An additive -inf mask passes the gradient through unchanged, unlike masked_fill.
+        # The additive -inf mask is one precomputed (N, N) bias shared by every graph and head.
         scores = self._scores(z, mask) + _mask_bias(mask, z.dtype)
         return torch.softmax(scores, dim=-1)                    # each row i sums to 1
 

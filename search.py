@@ -164,6 +164,7 @@ class Config:
             "seed": self.seed, "budget": self.budget, "streams": list(self.streams),
             "data": self.data or "synthetic", "reward": self.reward, "align": self.align,
             "on_bad_session": self.on_bad_session, "split_seed": self.split_seed,
+            "device": self.device,
         }
 
 
