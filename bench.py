@@ -18,9 +18,10 @@ Row 3 needs PyTorch Geometric, which depnas never imports; install it only in th
 benchmark's own environment (see BENCHMARKS.md). Without it, row 3 is reported as not
 measured.
 
-Run ``python bench.py`` for the full set (about half an hour on two cores, most of it the
-default search) or ``python bench.py --quick`` for every row at a tiny size, which is part
-of the test suite and writes to ``.bench/`` instead of BENCHMARKS.md.
+Run ``python bench.py`` for the full set (about ten minutes on two cores; add
+``--default-search`` for the default-budget search in rows 6 and 7, a quarter hour more) or
+``python bench.py --quick`` for every row at a tiny size, which is part of the test suite and
+writes to ``.bench/`` instead of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -373,16 +374,18 @@ def run_search(arguments: list[str], out: Path) -> tuple[float, int]:
     return seconds, peak
 
 
-def bench_searches(quick: bool, workdir: Path) -> list[Figure]:
+def bench_searches(quick: bool, default_search: bool, workdir: Path) -> list[Figure]:
     """Rows 6 and 7: wall time and peak memory of whole searches, both stages.
 
-    The full run keeps the default search's run directory in ``runs/bench-default``.
+    The default search (with ``default_search``) keeps its run directory in
+    ``runs/bench-default``.
     """
     if quick:
         plans = [("tiny", ["--budget", "tiny", "--streams", "au"], 2.0, 300.0)]
     else:
-        plans = [("smoke", ["--budget", "smoke"], 2.0, 300.0),
-                 ("default", ["--budget", "default", "--workers", "2"], 4.0, None)]
+        plans = [("smoke", ["--budget", "smoke"], 2.0, 300.0)]
+    if default_search:
+        plans.append(("default", ["--budget", "default", "--workers", "2"], 4.0, None))
     figures = []
     for name, arguments, memory_limit_gb, time_limit in plans:
         out = REPOSITORY / "runs" / "bench-default" if name == "default" else workdir / f"search-{name}"
@@ -492,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  "write the results as Markdown.")
     parser.add_argument("--quick", action="store_true",
                         help="every row at a tiny size, in well under a minute (default: full sizes)")
+    parser.add_argument("--default-search", action="store_true",
+                        help="also run the default-budget search for rows 6 and 7, about a "
+                             "quarter hour on 2 CPU cores (default: smoke search only)")
     parser.add_argument("--out", default=None,
                         help="Markdown file to write (default: BENCHMARKS.md, or "
                              ".bench/BENCHMARKS-quick.md with --quick)")
@@ -510,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         figures += bench_gnn(args.quick)
         figures += bench_training(args.quick, budget, train)
         figures += bench_workers(args.quick, budget, data)
-        figures += bench_searches(args.quick, Path(workdir))
-    command = "python bench.py" + (" --quick" if args.quick else "")
+        figures += bench_searches(args.quick, args.default_search, Path(workdir))
+    command = " ".join(["python bench.py", *(argv if argv is not None else sys.argv[1:])])
     write_report(figures, out, command, time.perf_counter() - start)
     print(out.read_text(encoding="utf-8"))
     return 0
