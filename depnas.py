@@ -1018,9 +1018,13 @@ def train_child(arch: dict, data: tuple[Split, Split], seed: int,
 # ---------------------------------------------------------------------------
 
 def _paired(pred, target) -> tuple[np.ndarray, np.ndarray]:
-    """Flatten both arrays to float64 and check they pair up one to one."""
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    target = np.asarray(target, dtype=np.float64).ravel()
+    """Flatten both arrays to float64 and check they pair up one to one and are finite.
+
+    Each argument must have shape (N,), (N, 1) or (1, N), so a (2, 3) against a (3, 2) array
+    raises instead of pairing values from different rows.
+    """
+    pred = _as_vector(pred, "predictions")
+    target = _as_vector(target, "targets")
     if pred.size != target.size:
         raise ValueError(f"{pred.size} predictions against {target.size} targets; "
                          f"pass one prediction per target")
@@ -1029,13 +1033,28 @@ def _paired(pred, target) -> tuple[np.ndarray, np.ndarray]:
     return pred, target
 
 
+def _as_vector(values, name: str) -> np.ndarray:
+    """Flatten an (N,), (N, 1) or (1, N) array to (N,) float64; raise on other shapes or NaN/inf."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim not in (1, 2) or (array.ndim == 2 and 1 not in array.shape):
+        raise ValueError(f"{name} have shape {array.shape}; pass shape (N,), (N, 1) or (1, N)")
+
+    array = array.ravel()
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        raise ValueError(f"{name} contain {bad.size} NaN or infinite value(s), the first at "
+                         f"position {bad[0]} ({array[bad[0]]}); remove those participants or "
+                         "fix the model that produced them")
+    return array
+
+
 def rmse(pred, target) -> float:
-    """Return the root mean squared error; (N, 1) and (N,) inputs are flattened, never broadcast."""
+    """Return the RMSE of (N,), (N, 1) or (1, N) inputs, flattened, not broadcast."""
     pred, target = _paired(pred, target)
     return float(np.sqrt(np.mean((pred - target) ** 2)))
 
 
 def mae(pred, target) -> float:
-    """Return the mean absolute error; (N, 1) and (N,) inputs are flattened, never broadcast."""
+    """Return the mean absolute error of (N,), (N, 1) or (1, N) inputs, flattened, not broadcast."""
     pred, target = _paired(pred, target)
     return float(np.mean(np.abs(pred - target)))

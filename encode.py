@@ -50,6 +50,9 @@ N_LANDMARKS = 68
 # NOTE: the paper gives no minimum; 50 is a chosen value, not a validated one.
 MIN_KEPT_FRAMES = 50
 
+# The option that skips a bad session, spelled for Python callers and for the command line.
+SKIP_ADVICE = "on_bad_session='skip' (command line: --on-bad-session skip)"
+
 # Plausible video frame rates. A timestamp step outside this range (OpenFace writes 1 ms steps
 # when it cannot read a container's frame rate) falls back to DEFAULT_FPS.
 FPS_RANGE = (5.0, 120.0)
@@ -156,7 +159,18 @@ def _parse_header(line: bytes, name: str) -> list[str]:
                         "expected a header of column names such as 'frame, timestamp, ...'")
     if "" in columns:
         raise DataError(f"{name}: header column {columns.index('') + 1} has an empty name")
+    _check_unique_columns(columns, name)
     return columns
+
+
+def _check_unique_columns(columns: list[str], name: str) -> None:
+    """Raise a DataError on a repeated column name, which would make one of its columns unused."""
+    seen = {}
+    for index, column in enumerate(columns, start=1):
+        if column in seen:
+            raise DataError(f"{name}, line 1: column name {column!r} appears twice (columns "
+                            f"{seen[column]} and {index}); remove or rename the repeated column")
+        seen[column] = index
 
 
 def _is_number(token: str) -> bool:
@@ -457,7 +471,20 @@ def _check_kept(participant: str, source: str, kept_frames: int,
     dropped = ", ".join(f"{k} {v}" for k, v in reasons.items() if v)
     raise DataError(f"{source}: participant {participant} has {kept_frames} usable frames, "
                     f"fewer than the minimum of {MIN_KEPT_FRAMES} (dropped: {dropped or 'none'}); "
-                    "lower min_confidence or skip the session with on_bad_session='skip'")
+                    f"{_kept_advice(reasons)}, or skip the session with {SKIP_ADVICE}")
+
+
+def _kept_advice(reasons: dict[str, int]) -> str:
+    """Name the fix for too few kept frames from the reason that dropped them."""
+    if reasons["low_confidence"]:
+        return (f"lower min_confidence (--min-confidence), which dropped "
+                f"{reasons['low_confidence']} frames")
+    if reasons["non_finite"]:
+        return (f"{reasons['non_finite']} frames have NaN or infinite values, so re-run "
+                "OpenFace on the video")
+    if reasons["failed"]:
+        return f"the tracker failed on {reasons['failed']} frames, so re-run OpenFace on the video"
+    return "the recording has too few frames, so use a longer recording"
 
 
 def estimate_fps(timestamps: np.ndarray, frames: np.ndarray, source: str) -> float:
@@ -570,13 +597,33 @@ def _read_folder(folder: Path, kinds: tuple[str, ...]) -> dict[str, Table]:
     if found:
         if any(k not in found for k in kinds):
             raise _missing_files_error(str(folder), kinds, found)
+        _check_member_ids(folder, [found[kind] for kind in kinds])
         return {kind: read_table(folder / found[kind]) for kind in kinds}
 
     edaic = _edaic_member(names, str(folder))
     if edaic is None:
         raise DataError(f"{folder}: no DAIC-WOZ files (NNN_CLNF_AUs.txt, ...) and no E-DAIC file "
                         "(features/NNN_OpenFace2.1.0_Pose_gaze_AUs.csv); is this a session folder?")
+    _check_member_ids(folder, [edaic])
     return {"openface": read_table(folder / edaic)}
+
+
+def _check_member_ids(path: Path, members: list[str]) -> None:
+    """Raise a DataError when a file's numeric prefix names a participant other than its session.
+
+    Files are matched by their suffix, so ``300_CLNF_AUs.txt`` copied into ``305_P/`` would
+    otherwise be read as participant 305. Only sessions named NNN_P or NNN_P.zip are checked.
+    """
+    session = re.fullmatch(r"(\d+)_P(\.zip)?", path.name, flags=re.IGNORECASE)
+    if session is None:
+        return
+    for member in members:
+        prefix = re.match(r"(\d+)_", member.rsplit("/", 1)[-1])
+        if prefix is not None and int(prefix.group(1)) != int(session.group(1)):
+            raise DataError(f"{path}: the file {member} belongs to participant "
+                            f"{prefix.group(1)}, but the session is participant "
+                            f"{session.group(1)}; put the files of {session.group(1)} in "
+                            f"{path.name} or rename the session")
 
 
 def _read_archive(path: Path, kinds: tuple[str, ...]) -> dict[str, Table]:
@@ -594,9 +641,11 @@ def _read_archive(path: Path, kinds: tuple[str, ...]) -> dict[str, Table]:
             if edaic is None:
                 raise DataError(f"{path}: the archive contains no DAIC-WOZ CLNF/CLM files and no "
                                 "E-DAIC OpenFace file; is this a session archive?")
+            _check_member_ids(path, [edaic])
             return {"openface": _read_member(archive, path, edaic, kinds)}
         if any(k not in found for k in kinds):
             raise _missing_files_error(str(path), kinds, found)
+        _check_member_ids(path, [found[kind] for kind in kinds])
         return {kind: _read_member(archive, path, found[kind], kinds) for kind in kinds}
 
 
@@ -619,7 +668,7 @@ def _corrupt_archive_error(path: Path, kinds: tuple[str, ...], err: Exception) -
                + ", ".join(f"{prefix}_CLNF_{k}.txt" for k in unreadable)
                if unreadable else "every needed file has a complete entry")
     return DataError(f"{path}: the archive is truncated or corrupt ({err}); {listing}; "
-                     "download the archive again or set on_bad_session='skip'")
+                     f"download the archive again or set {SKIP_ADVICE}")
 
 
 def _complete_members(path: Path) -> list[str]:
@@ -894,7 +943,7 @@ def _absent_sessions(root: Path, splits: dict[str, str], found: dict[str, Path],
         raise DataError(f"{root}: {len(absent)} session(s) listed in the split files are missing "
                         f"(no folder or archive for {', '.join(absent[:10])}"
                         f"{', ...' if len(absent) > 10 else ''}); add them or use "
-                        "on_bad_session='skip'")
+                        f"{SKIP_ADVICE}")
     for participant in absent:
         log.warning("participant %s (%s split) has no session under %s, skipped",
                     participant, splits[participant], root)
@@ -945,6 +994,8 @@ def spectral_encode(x: np.ndarray, k: int = 120, resolution: int = 256, align: s
     first k columns. Works for any T >= 2; requires k <= R.
     ``subtract_median=False`` keeps the raw values (used for landmark positions).
     """
+    _check_positive_int(k, "k", "the number of retained frequency columns")
+    _check_positive_int(resolution, "resolution", "the frequency resolution in bins")
     x = _check_series(x, participant)
     if align == "select":
         spectrum = _select_spectrum(x, k, resolution, participant, subtract_median)
@@ -959,8 +1010,17 @@ def spectral_encode(x: np.ndarray, k: int = 120, resolution: int = 256, align: s
     return amplitude, phase
 
 
+def _check_positive_int(value, name: str, meaning: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid; {name} is {meaning}, an integer >= 1")
+
+
 def _check_series(x, participant: str | None) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if np.iscomplexobj(x):
+        raise ValueError(f"participant {participant or '?'}: the series has complex dtype "
+                         f"{x.dtype}; pass real values, one row per channel")
+    x = x.astype(np.float64, copy=False)
     if x.ndim != 2:
         raise ValueError(f"x has shape {x.shape}; expected (channels, frames)")
     if not np.isfinite(x).all():
@@ -1107,10 +1167,7 @@ def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: st
 
     participants = list(rows)
     if not participants:
-        first = next(iter(skipped.items()), ("-", "-"))
-        raise DataError(f"{cohort.root or 'cohort'}: all {len(skipped)} sessions were skipped "
-                        f"(first: participant {first[0]}: {first[1]}); fix those sessions or "
-                        f"lower min_confidence")
+        _raise_all_skipped(cohort, skipped)
     features = {a: np.stack([rows[p][a] for p in participants])
                 for a in attributes}  # (P, 2C, K) or (P, 68, 2DK)
     labels = np.array([np.nan if cohort.labels.get(p) is None else cohort.labels[p]
@@ -1119,6 +1176,17 @@ def encode_cohort(cohort: Cohort, k: int = 120, resolution: int = 256, align: st
     splits = [_split_of(cohort, p) for p in participants]
     return EncodedCohort(participants, features, labels, splits,
                          {a: channels[a] for a in attributes}, params, skipped)
+
+
+def _raise_all_skipped(cohort: Cohort, skipped: dict[str, str]) -> None:
+    """Raise a DataError for a cohort with no encodable session, naming the first reason."""
+    first = next(iter(skipped.items()), ("-", "-"))
+    low = sum(s.drop_reasons.get("low_confidence", 0) for s in cohort.sessions.values())
+    advice = "fix those sessions as the first reason says"
+    if low:
+        advice += f", or lower min_confidence (--min-confidence), which dropped {low} frames"
+    raise DataError(f"{cohort.root or 'cohort'}: all {len(skipped)} sessions were skipped "
+                    f"(first: participant {first[0]}: {first[1]}); {advice}")
 
 
 def _split_of(cohort: Cohort, participant: str) -> str:
@@ -1336,7 +1404,8 @@ def main(argv=None) -> int:
             cohort = load_cohort(args.path, on_bad_session=args.on_bad_session, **options)
             _print_cohort(cohort, encoding)
         else:
-            _print_session(load_session(args.path, **options), encoding)
+            if not _print_session(load_session(args.path, **options), encoding):
+                return 1
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -1370,7 +1439,8 @@ def _is_root(path: Path) -> bool:
     return path.is_dir() and bool(find_label_files(path))
 
 
-def _print_session(session: Session, encoding: dict) -> None:
+def _print_session(session: Session, encoding: dict) -> bool:
+    """Print one session's summary; return False when the session cannot be encoded."""
     reasons = ", ".join(f"{k} {v}" for k, v in session.drop_reasons.items() if v) or "none"
     print(f"session {session.participant} from {session.source}")
     print(f"frames: {session.frames_kept} kept, {session.frames_dropped} dropped ({reasons})")
@@ -1388,6 +1458,7 @@ def _print_session(session: Session, encoding: dict) -> None:
         shape = "x".join(map(str, shapes[attr])) if attr in shapes else "-"
         print(f"{attr:<10} {len(names):>8}  {shape:<12} {first}")
     print(note)
+    return bool(shapes)
 
 
 def _print_cohort(cohort: Cohort, encoding: dict) -> None:

@@ -389,6 +389,26 @@ def test_metrics_length_mismatch():
         mae(np.zeros((3, 1)), np.zeros(4))
 
 
+def test_metrics_row_vector_accepted():
+    pred = np.array([[2.0, 4.0, 6.0]])
+    target = np.array([3.0, 4.0, 5.0])
+    assert rmse(pred, target) == pytest.approx(math.sqrt(2.0 / 3.0), rel=1e-12)
+
+
+def test_metrics_matrix_shapes_rejected():
+    with pytest.raises(ValueError, match=r"predictions have shape \(2, 3\)"):
+        rmse(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"targets have shape \(3, 2\)"):
+        mae(np.zeros(6), np.zeros((3, 2)))
+
+
+def test_metrics_non_finite_rejected():
+    with pytest.raises(ValueError, match="predictions contain 2 NaN .* position 1"):
+        rmse(np.array([1.0, np.nan, 2.0, np.inf]), np.zeros(4))
+    with pytest.raises(ValueError, match="targets contain 1 NaN .* position 0"):
+        mae(np.zeros(2), np.array([-np.inf, 1.0]))
+
+
 # ---------------------------------------------------------------------------
 # Child training
 # ---------------------------------------------------------------------------

@@ -203,6 +203,20 @@ def test_spectral_select_rejects_large_k():
         encode.spectral_encode(np.zeros((1, 300)), k=120, resolution=200)
 
 
+@pytest.mark.parametrize("name, value", [("k", 0), ("k", -3), ("k", 12.0), ("k", True),
+                                         ("resolution", 0), ("resolution", -256),
+                                         ("resolution", 256.0)])
+def test_spectral_rejects_bad_sizes(name, value):
+    with pytest.raises(ValueError, match=rf"{name}={value!r} is invalid.*integer >= 1"):
+        encode.spectral_encode(np.zeros((1, 300)), **{name: value})
+
+
+def test_spectral_rejects_complex():
+    x = np.ones((1, 300)) * (1 + 2j)
+    with pytest.raises(ValueError, match="complex dtype complex128"):
+        encode.spectral_encode(x)
+
+
 @pytest.mark.parametrize("length", [256, 777, 1300])
 def test_spectral_folding_equals_full_fft(length):
     # Oracle: the DFT of the whole trimmed series, sampled every m bins.
@@ -272,6 +286,11 @@ def test_real_openface_test_needs_resample():
     assert features["landmarks"].shape == (68, 480)
     with pytest.raises(DataError, match="align='resample'"):
         encode.encode_session(session, align="select")
+
+
+def test_cli_unencodable_session_fails(capsys):
+    assert encode.main([str(REAL / "OpenFace_Test.csv")]) == 1
+    assert "not encoded:" in capsys.readouterr().out
 
 
 def test_real_file_values_parsed():
@@ -361,6 +380,14 @@ def test_read_missing_header(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("1, 0.0\n2, 0.1\n")
     with pytest.raises(DataError, match="header"):
+        encode.read_table(path)
+
+
+def test_read_duplicate_column(tmp_path):
+    columns = openface_columns()
+    columns[columns.index("gaze_1_y")] = "gaze_0_y"
+    path = write_openface(tmp_path / "a.csv", make_values(columns, 4), columns)
+    with pytest.raises(DataError, match=r"a\.csv, line 1: column name 'gaze_0_y' appears twice"):
         encode.read_table(path)
 
 
@@ -478,6 +505,20 @@ def test_too_few_kept_frames(tmp_path):
         encode.load_session(folder)
 
 
+def test_too_few_frames_advice_names_reason(tmp_path):
+    failed = write_daic(tmp_path / "300_P", edit=with_rows(slice(20, None), "success", 0))
+    with pytest.raises(DataError, match="tracker failed on 280 frames") as error:
+        encode.load_session(failed)
+    assert "min_confidence" not in str(error.value)
+    assert "--on-bad-session skip" in str(error.value)
+
+
+def test_too_few_frames_low_confidence_advice(tmp_path):
+    folder = write_daic(tmp_path / "300_P", edit=with_rows(slice(20, None), "confidence", 0.1))
+    with pytest.raises(DataError, match="lower min_confidence .* dropped 280 frames"):
+        encode.load_session(folder)
+
+
 # ---------------------------------------------------------------------------
 # Session layouts
 # ---------------------------------------------------------------------------
@@ -522,6 +563,19 @@ def test_zip_matches_folder(tmp_path):
     assert from_zip.participant == "300"
     for attr in encode.ATTRIBUTES:
         np.testing.assert_array_equal(from_zip.attributes[attr], from_folder.attributes[attr])
+
+
+def test_folder_member_of_other_participant(tmp_path):
+    folder = write_daic(tmp_path / "305_P", participant="300")
+    with pytest.raises(DataError, match="305_P: the file 300_CLNF_.* participant 300, but the "
+                       "session is participant 305"):
+        encode.load_session(folder)
+
+
+def test_zip_member_of_other_participant(tmp_path):
+    archive = zip_folder(write_daic(tmp_path / "src"), tmp_path / "305_P.zip")
+    with pytest.raises(DataError, match="305_P.zip: the file 300_CLNF_.* participant 300"):
+        encode.load_session(archive)
 
 
 def test_zip_truncated(tmp_path):
@@ -673,6 +727,12 @@ def test_cli_summarises_root(tmp_path, capsys):
 def test_cohort_missing_session(tmp_path):
     write_root(tmp_path, participants=("300", "301"))
     with pytest.raises(DataError, match="302"):
+        encode.load_cohort(tmp_path)
+
+
+def test_cohort_missing_session_names_cli_option(tmp_path):
+    write_root(tmp_path, participants=("300", "301"))
+    with pytest.raises(DataError, match="--on-bad-session skip"):
         encode.load_cohort(tmp_path)
 
 
