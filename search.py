@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import random
+import signal
 import sys
 import threading
 import time
@@ -792,6 +793,7 @@ def _exit_with_parent() -> None:
 
 
 def _init_pool_worker(data: SearchData, device: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Only the parent process reports Ctrl-C.
     _exit_with_parent()
     _init_worker(data, device)
 
@@ -900,10 +902,22 @@ def save_checkpoint(path: str, state: dict) -> None:
 def load_checkpoint(path: str) -> dict:
     """Load a checkpoint with ``weights_only=True`` (tensors and plain containers only)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise SearchError(f"cannot read the checkpoint {path}: {error}; "
-                          f"start again without --resume or pick another --out") from error
+        raise SearchError(f"cannot read the checkpoint {path}: it is truncated or not a depnas "
+                          f"checkpoint ({type(error).__name__}: {error}); delete it and run "
+                          f"without --resume, or pick another --out") from error
+    if not isinstance(state, dict):
+        raise SearchError(f"{path} is not a depnas checkpoint (it holds a {type(state).__name__}); "
+                          f"delete it and run without --resume, or pick another --out")
+    return state
+
+
+def _warmup_error(path: str, error) -> SearchError:
+    """Return the SearchError for an unreadable warm-up file, saying how to rebuild it."""
+    return SearchError(f"cannot read the warm-up file {path}: it is truncated or invalid ({error}); "
+                       f"rerun `python search.py --stage warmup` into this --out, with the same "
+                       f"--seed, --budget, --streams and --data")
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
@@ -1027,7 +1041,10 @@ class SearchRun:
             fresh["history"] = [r for r in state["history"] if r["stage"] == "warmup"]
             fresh["warmup_done"] = list(state["warmup_done"])
         elif os.path.exists(path):
-            logger.warning("%s exists and --resume was not given; starting the search again", path)
+            logger.warning("%s exists and --resume was not given; starting the search again and "
+                           "overwriting checkpoint.pt, history.csv and the stage results in %s; "
+                           "to keep them, stop now and rerun with --resume, or pick another --out",
+                           path, self.out)
         return fresh
 
     def checkpoint(self) -> None:
@@ -1189,10 +1206,23 @@ class SearchRun:
                 f"no warm-up result for stream {stream!r}: {path} does not exist; run "
                 f"`python search.py --stage warmup` with the same --out, --seed, --budget, "
                 f"--streams and --data first (or use --stage all)")
-        with open(path) as handle:
-            warmup = json.load(handle)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                warmup = json.load(handle)
+        except (OSError, ValueError) as error:   # JSONDecodeError and UnicodeDecodeError are ValueErrors.
+            raise _warmup_error(path, error) from error
+        if not isinstance(warmup, dict) or not {"fingerprint", "controller", "kept"} <= set(warmup):
+            raise _warmup_error(path, "the fingerprint, controller or kept field is missing")
         check_fingerprint(warmup["fingerprint"], self.fingerprint, path)
         return warmup
+
+    def load_warmup_controller(self, warmup: dict) -> dict:
+        """Read the controller weights that warmup/<stream>.json names."""
+        path = os.path.join(self.out, warmup["controller"])
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as error:   # torch raises several error types for a damaged file.
+            raise _warmup_error(path, error) from error
 
     # -- joint stage ---------------------------------------------------------
 
@@ -1203,8 +1233,7 @@ class SearchRun:
         label = "+".join(self.data.streams)      # the history's stream column for joint rows
         policy = self._new_policy(spaces, depnas.fusion_space(self.data.streams), "joint", label)
         for stream, warmup in warmups.items():
-            path = os.path.join(self.out, warmup["controller"])
-            policy.streams[stream].load_state_dict(torch.load(path, weights_only=True))
+            policy.streams[stream].load_state_dict(self.load_warmup_controller(warmup))
             policy.restrict(stream, [tuple(k["tokens"]) for k in warmup["kept"]])
         if not self.state["joint_done"]:
             progress = Progress(self.budget.joint_steps)
@@ -1783,13 +1812,22 @@ def main(argv: list[str] | None = None) -> int:
     except SearchError as error:
         print(f"search.py: error: {error}", file=sys.stderr)
         return 2
-    os.makedirs(config.out, exist_ok=True)
-    handlers = setup_logging(config.out)
+    try:
+        os.makedirs(config.out, exist_ok=True)
+        handlers = setup_logging(config.out)
+    except OSError as error:
+        print(f"search.py: error: cannot create or write the run directory --out {config.out}: "
+              f"{error}; give a writable directory that is not a file", file=sys.stderr)
+        return 2
     try:
         run_search(config, argv)
     except (SearchError, encode.DataError, depnas.ArchitectureError) as error:
         logger.error("%s", error)
         return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted after the last completed step; "
+                     "rerun the same command with --resume to continue")
+        return 130
     finally:
         for handler in handlers:
             logging.getLogger().removeHandler(handler)

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -474,3 +475,86 @@ def test_cli_smoke_outputs(tmp_path):
     assert "Table III" in report
     config = json.loads(read_text(out, "config.json"))
     assert config["budget"]["name"] == "smoke"
+
+
+# ---------------------------------------------------------------------------
+# Damaged inputs and interrupts
+# ---------------------------------------------------------------------------
+
+def test_main_out_is_file(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    assert search.main(["--budget", "tiny", "--out", str(taken)]) == 2
+    assert str(taken) in capsys.readouterr().err
+
+
+def test_main_out_under_file(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory")
+    assert search.main(["--budget", "tiny", "--out", str(taken / "run")]) == 2
+    assert "writable directory" in capsys.readouterr().err
+
+
+def test_main_interrupt_exit_status(tmp_path, monkeypatch):
+    def interrupted(config, argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(search, "run_search", interrupted)
+    out = tmp_path / "run"
+    assert search.main(["--budget", "tiny", "--out", str(out)]) == 130
+    assert "--resume to continue" in (out / "log.txt").read_text()
+
+
+def _damaged_checkpoints(tmp_path) -> dict:
+    """Write an empty, a half-written, a garbage and a foreign checkpoint; return their paths."""
+    whole = tmp_path / "whole.pt"
+    search.save_checkpoint(str(whole), {"fingerprint": {"seed": 0}, "history": list(range(100))})
+    data = whole.read_bytes()
+    paths = {}
+    for name, content in (("empty", b""), ("half", data[:len(data) // 2]),
+                          ("garbage", b"\x00not a checkpoint\xff" * 8)):
+        paths[name] = tmp_path / f"{name}.pt"
+        paths[name].write_bytes(content)
+    paths["foreign"] = tmp_path / "foreign.pt"
+    torch.save([1, 2, 3], paths["foreign"])
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["empty", "half", "garbage", "foreign"])
+def test_load_checkpoint_damaged(tmp_path, kind):
+    path = _damaged_checkpoints(tmp_path)[kind]
+    with pytest.raises(search.SearchError, match="not a depnas checkpoint"):
+        search.load_checkpoint(str(path))
+
+
+def test_main_resume_damaged_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert search.main(["--budget", "tiny", "--out", str(out), "--resume"]) == 2
+    assert "delete it" in (out / "log.txt").read_text()
+
+
+def test_rerun_warning_names_outputs(tmp_path, caplog):
+    (tmp_path / "checkpoint.pt").write_bytes(b"old")
+    config = types.SimpleNamespace(resume=False, stage="all")
+    run = types.SimpleNamespace(config=config, fingerprint={}, out=str(tmp_path))
+    with caplog.at_level("WARNING", logger=search.logger.name):
+        search.SearchRun._initial_state(run)
+    assert "history.csv" in caplog.text
+    assert "--resume" in caplog.text
+
+
+def _copy_run(source: str, target) -> str:
+    shutil.copytree(source, target)
+    return str(target)
+
+
+@pytest.mark.parametrize("name,content", [("au.pt", b"\x80\x02trunc"), ("au.json", b"{\"kept\": [")])
+def test_cli_joint_damaged_warmup(tiny_run, tmp_path, name, content):
+    out = _copy_run(tiny_run, tmp_path / "damaged")
+    with open(os.path.join(out, "warmup", name), "wb") as handle:
+        handle.write(content)
+    completed = run_cli(*TINY[2:], "--stage", "joint", "--out", out)
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    assert f"warmup/{name}" in completed.stderr
