@@ -129,7 +129,7 @@ def bench_reading(workdir: Path, quick: bool) -> list[Figure]:
     tables_only = repeat(lambda: encode.read_session_tables(session), repetitions)
     reference = repeat(lambda: [np.loadtxt(p, delimiter=",", skiprows=1) for p in copies], repetitions)
     loaded = encode.load_session(session)
-    frames = sum(len(v) for v in [loaded.attributes["au"]])
+    frames = len(loaded.attributes["au"])
 
     row1 = Figure(1, f"read + clean 5 CLNF files ({seconds / 60:.0f} min, {frames} kept frames)",
                   read, "numpy.loadtxt on the clean files", reference, "<= 1.3x")
