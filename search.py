@@ -89,7 +89,7 @@ class Budget:
 
 
 # NOTE: the paper publishes neither its step counts nor its child training settings, so
-# these numbers are ours. smoke only exercises every stage (1-3 minutes for both stages on
+# these numbers are ours. smoke only exercises every stage (about 30 s for both stages on
 # two shared CPU cores). default aims at about a quarter of an hour on two CPU cores with
 # --workers 2; the landmark GNN children cost most (README gives the measured wall time).
 # paper is an estimate of the full scale for one GPU,
@@ -1621,7 +1621,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DAIC-WOZ or E-DAIC root directory (default: the synthetic cohort)")
     parser.add_argument("--budget", choices=tuple(BUDGETS), default="default",
                         metavar="{" + ",".join(PUBLIC_BUDGETS) + "}",
-                        help="search size: smoke (a few minutes on 2 CPU cores, checks that "
+                        help="search size: smoke (about 30 s on 2 CPU cores, checks that "
                              "everything runs), default (about a quarter hour on 2 CPU cores "
                              "with --workers 2), paper (full scale for one GPU, many hours) "
                              "(default: default)")
