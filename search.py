@@ -922,6 +922,9 @@ def _warmup_error(path: str, error) -> SearchError:
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
     """Raise SearchError naming the first setting in which a saved run differs from this one."""
+    if not isinstance(saved, dict):
+        raise SearchError(f"{where} has no configuration fingerprint, so it is not a depnas run "
+                          f"file of this version; delete it or use another --out")
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             raise SearchError(
@@ -1031,13 +1034,13 @@ class SearchRun:
                  "history": [], "rng": None}
         if self.config.resume:
             state = load_checkpoint(path)
-            check_fingerprint(state["fingerprint"], self.fingerprint, path)
+            check_fingerprint(state.get("fingerprint"), self.fingerprint, path)
             logger.info("resuming from %s (stage %s, %d children trained so far)",
                         path, state["stage"], len(state["history"]))
             return state
         if self.config.stage == "joint" and os.path.exists(path):
             state = load_checkpoint(path)
-            check_fingerprint(state["fingerprint"], self.fingerprint, path)
+            check_fingerprint(state.get("fingerprint"), self.fingerprint, path)
             fresh["history"] = [r for r in state["history"] if r["stage"] == "warmup"]
             fresh["warmup_done"] = list(state["warmup_done"])
         elif os.path.exists(path):
@@ -1213,7 +1216,7 @@ class SearchRun:
             raise _warmup_error(path, error) from error
         if not isinstance(warmup, dict) or not {"fingerprint", "controller", "kept"} <= set(warmup):
             raise _warmup_error(path, "the fingerprint, controller or kept field is missing")
-        check_fingerprint(warmup["fingerprint"], self.fingerprint, path)
+        check_fingerprint(warmup.get("fingerprint"), self.fingerprint, path)
         return warmup
 
     def load_warmup_controller(self, warmup: dict) -> dict:
@@ -1422,7 +1425,12 @@ def _report_intro(run: SearchRun) -> list[str]:
         f"{sizes['train']} training participants with {run.budget.final_seeds} seeds and "
         f"evaluated on the development split ({labelled['dev']} labelled of {sizes['dev']}) and the "
         f"test split ({labelled['test']} labelled of {sizes['test']}); the search never saw either. "
-        f"Errors are PHQ-8 points, mean ± standard deviation over seeds.", ""]
+        f"Errors are PHQ-8 points, mean ± standard deviation over seeds.", "",
+        "Architectures read as comma-separated decisions per layer, layers separated by `|`: "
+        "a CNN layer is `operation,channels,activation,residual`; a GNN layer is "
+        "`attention,aggregator,activation,heads,hidden per head`, then the readout; the fusion "
+        "part gives each stream's fused layer (1-based), the fused size D, the first block's "
+        "combination, then `hidden,activation` per block.", ""]
 
 
 def _fused_section(run, scores, metric_header, labelled_test) -> list[str]:
@@ -1769,8 +1777,10 @@ def check_run_directory(config: Config) -> None:
         if not os.path.exists(path):
             raise SearchError(f"--resume given but {path} does not exist; "
                               f"run without --resume to start the search")
-        saved = dict(load_checkpoint(path)["fingerprint"])
-        saved.pop("data_identity", None)
+        saved = load_checkpoint(path).get("fingerprint")
+        if isinstance(saved, dict):
+            # The data identity is known only after loading the data; it is checked then.
+            saved = {key: value for key, value in saved.items() if key != "data_identity"}
         check_fingerprint(saved, config.fingerprint(), path)
     warmup = os.path.join(config.out, "warmup")
     if config.stage == "joint" and not any(name.endswith(".json") for name in _listdir(warmup)):

@@ -534,6 +534,14 @@ def test_main_resume_damaged_checkpoint(tmp_path):
     assert "delete it" in (out / "log.txt").read_text()
 
 
+def test_main_resume_checkpoint_without_fingerprint(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    torch.save({"history": []}, out / "checkpoint.pt")
+    assert search.main(["--budget", "tiny", "--out", str(out), "--resume"]) == 2
+    assert "no configuration fingerprint" in (out / "log.txt").read_text()
+
+
 def test_rerun_warning_names_outputs(tmp_path, caplog):
     (tmp_path / "checkpoint.pt").write_bytes(b"old")
     config = types.SimpleNamespace(resume=False, stage="all")
