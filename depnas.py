@@ -65,7 +65,7 @@ class Space:
     tail: tuple[Decision, ...] = ()
 
     def decisions(self) -> tuple[Decision, ...]:
-        """Every distinct decision of the space (one decoder each in a controller)."""
+        """Return every distinct decision of the space (a controller has one decoder per decision)."""
         return self.head + (self.depth,) + self.per_block + self.tail
 
 

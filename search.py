@@ -908,7 +908,7 @@ def load_checkpoint(path: str) -> dict:
                           f"checkpoint ({type(error).__name__}: {error}); delete it and run "
                           f"without --resume, or pick another --out") from error
     if not isinstance(state, dict):
-        raise SearchError(f"{path} is not a depnas checkpoint (it holds a {type(state).__name__}); "
+        raise SearchError(f"{path} is not a depnas checkpoint (it contains a {type(state).__name__}); "
                           f"delete it and run without --resume, or pick another --out")
     return state
 
